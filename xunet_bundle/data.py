@@ -1,0 +1,176 @@
+"""Dataset layout, patient-level splits and safe writing of NIfTI volumes and datalists."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = [
+    "LGG_AFFINE",
+    "DataError",
+    "atomic_write_json",
+    "find_volumes",
+    "load_split",
+    "split_patients",
+    "write_nifti",
+]
+
+# Kaggle LGG slices are axial, rows running anterior -> posterior and columns patient-right -> patient-left, stacked
+# inferior -> superior; the spacing is not published, so 1 mm is assumed. With this affine (voxel (row, col, slice)
+# -> RAS) viewers such as 3D Slicer show the volumes upright, while array indices keep the TIFFs' own order.
+LGG_AFFINE = np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+class DataError(ValueError):
+    """An input file or dataset that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> None:
+    """
+    Write ``array`` as a NIfTI file atomically: a reader sees either the previous file or the complete new one.
+
+    Args:
+        array: voxel data, spatial dimensions first (channels, if any, last as NIfTI stores them).
+        affine: 4x4 voxel-to-world (RAS) matrix.
+        path: destination, ``.nii`` or ``.nii.gz``.
+    """
+    path = Path(path)
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
+    os.close(fd)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(data: object, path: str | os.PathLike) -> None:
+    """Write ``data`` as JSON (indented 4 spaces) atomically to ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=4)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def split_patients(
+    patients: Sequence[str], num_folds: int = 5, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[dict[str, int], list[str]]:
+    """
+    Patient-level split: a held-out test set, and the remaining patients assigned to cross-validation folds.
+
+    The split depends only on the set of patient names and the arguments, not on their order, so re-running on the
+    same data gives the same split.
+
+    Args:
+        patients: patient identifiers.
+        num_folds: number of cross-validation folds.
+        test_fraction: fraction of patients held out for testing (rounded to the nearest patient).
+        seed: seed of the shuffle.
+
+    Returns:
+        ``(fold_of_patient, test_patients)``.
+    """
+    if len(set(patients)) != len(patients):
+        raise ValueError("patient identifiers must be unique.")
+    if num_folds < 1 or not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"need num_folds >= 1 and 0 <= test_fraction < 1, got {num_folds} and {test_fraction}.")
+    shuffled = sorted(patients)
+    random.Random(seed).shuffle(shuffled)
+    num_test = int(round(test_fraction * len(shuffled)))
+    if len(shuffled) - num_test < num_folds:
+        raise ValueError(f"{len(shuffled)} patients are too few for {num_folds} folds and {num_test} test patients.")
+    test = sorted(shuffled[:num_test])
+    folds = {patient: i % num_folds for i, patient in enumerate(shuffled[num_test:])}
+    return folds, test
+
+
+def load_split(datalist: str | os.PathLike, subset: str, fold: int = 0) -> list[dict]:
+    """
+    Read one subset of a datalist written by ``scripts/prepare_lgg.py`` or ``scripts/make_demo_data.py``.
+
+    Paths in the datalist are relative to the datalist's folder and are returned absolute.
+
+    Args:
+        datalist: path of ``datalist.json``.
+        subset: ``"train"`` (every fold but ``fold``), ``"validation"`` (fold ``fold``), ``"test"`` (held-out
+            patients) or ``"all"`` (training and test patients).
+        fold: the cross-validation fold used for validation.
+    """
+    datalist = Path(datalist)
+    if not datalist.is_file():
+        raise DataError(datalist, "datalist not found; run scripts/prepare_lgg.py or scripts/make_demo_data.py first.")
+    try:
+        content = json.loads(datalist.read_text())
+        training, testing = content["training"], content.get("testing", [])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(datalist, f"not a valid datalist ({e}).") from e
+    folds = sorted({item["fold"] for item in training})
+    if subset in ("train", "validation") and fold not in folds:
+        raise DataError(datalist, f"fold {fold} is not in the datalist (folds: {folds}).")
+    if subset == "train":
+        items = [item for item in training if item["fold"] != fold]
+    elif subset == "validation":
+        items = [item for item in training if item["fold"] == fold]
+    elif subset == "test":
+        items = testing
+    elif subset == "all":
+        items = training + testing
+    else:
+        raise ValueError(f"subset must be 'train', 'validation', 'test' or 'all', got {subset!r}.")
+    if not items:
+        raise DataError(datalist, f"the '{subset}' subset (fold {fold}) is empty.")
+    resolved = []
+    for item in items:
+        entry = dict(item)
+        for key in ("image", "label"):
+            if key in entry:
+                entry[key] = str((datalist.parent / entry[key]).resolve())
+        resolved.append(entry)
+    return resolved
+
+
+def find_volumes(folder: str | os.PathLike) -> list[dict]:
+    """
+    List the NIfTI volumes (``*.nii.gz``, ``*.nii``) of a folder as ``[{"image": path}, ...]``, sorted by name.
+
+    Args:
+        folder: folder to search (not recursive).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "input folder does not exist.")
+    volumes = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+    if not volumes:
+        raise DataError(folder, "no NIfTI volumes (*.nii.gz, *.nii) in this folder.")
+    return [{"image": str(p.resolve())} for p in volumes]
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders embedded numbers numerically (``x_2`` before ``x_10``)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

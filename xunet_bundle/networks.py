@@ -1,0 +1,165 @@
+"""XUNet (``CrossBasicUNet``): MONAI's BasicUNet with full-scale fusion of all encoder features in every decoder stage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import UpSample
+from monai.networks.layers.factories import Conv
+from monai.networks.nets.basic_unet import Down, TwoConv
+from monai.utils import ensure_tuple_rep
+
+__all__ = ["CrossBasicUNet", "UpCatAll", "match_spatial_size"]
+
+
+def match_spatial_size(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """
+    Replicate-pad the trailing spatial dimensions of ``x`` up to ``size``.
+
+    Max pooling floors odd edge lengths, so an upsampled decoder feature can be one voxel shorter than the encoder
+    feature of the same level; like MONAI's ``UpCat``, pad it with its border values instead of shrinking the output.
+
+    Args:
+        x: tensor of shape ``(batch, channels, *spatial)``.
+        size: the target spatial size, one entry per spatial dimension, none smaller than ``x``'s.
+    """
+    pads: list[int] = []
+    for dim in range(len(size) - 1, -1, -1):
+        pads += [0, size[dim] - x.shape[dim + 2]]
+    if any(p != 0 for p in pads):
+        x = F.pad(x, pads, mode="replicate")
+    return x
+
+
+class UpCatAll(nn.Module):
+    """
+    Upsampling followed by full-scale fusion: the upsampled decoder feature is concatenated with all encoder
+    features, each resized by nearest interpolation to this stage's size, then two convolutions are applied.
+
+    The concatenation order ``[upsampled, encoder_0, ..., encoder_4]`` and the parameter names (``upsample``,
+    ``convs``) are those of the original XUNet, so its state_dicts load unchanged.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_chns: int,
+        encoder_chns: Sequence[int],
+        out_chns: int,
+        act: str | tuple,
+        norm: str | tuple,
+        bias: bool,
+        dropout: float | tuple = 0.0,
+        upsample: str = "deconv",
+        halves: bool = True,
+    ):
+        """
+        Args:
+            spatial_dims: number of spatial dimensions.
+            in_chns: number of channels of the decoder feature to be upsampled.
+            encoder_chns: number of channels of each encoder feature, shallowest first.
+            out_chns: number of output channels.
+            act: activation type and arguments.
+            norm: feature normalization type and arguments.
+            bias: whether to have a bias term in convolution blocks.
+            dropout: dropout ratio. Defaults to no dropout.
+            upsample: upsampling mode, available options are ``"deconv"``, ``"pixelshuffle"``, ``"nontrainable"``.
+            halves: whether to halve the number of channels during upsampling.
+        """
+        super().__init__()
+        up_chns = in_chns if upsample == "nontrainable" or not halves else in_chns // 2
+        self.upsample = UpSample(spatial_dims, in_chns, up_chns, 2, mode=upsample)
+        self.convs = TwoConv(spatial_dims, up_chns + sum(encoder_chns), out_chns, act, norm, bias, dropout)
+
+    def forward(self, x: torch.Tensor, encoder_features: list[torch.Tensor], level: int) -> torch.Tensor:
+        """
+        Args:
+            x: decoder feature to be upsampled.
+            encoder_features: all encoder features, shallowest first.
+            level: index in ``encoder_features`` of the feature that has this stage's resolution.
+        """
+        target_size = list(encoder_features[level].shape[2:])
+        fused = [match_spatial_size(self.upsample(x), target_size)]
+        for feature in encoder_features:
+            fused.append(F.interpolate(feature, size=target_size, mode="nearest"))
+        return self.convs(torch.cat(fused, dim=1))
+
+
+class CrossBasicUNet(nn.Module):
+    """
+    XUNet: a BasicUNet whose every decoder stage fuses all five encoder features (full-scale skip connections).
+
+    The output has the spatial size of the input for any input size; sizes divisible by 16 avoid padding.
+
+    Example::
+
+        net = CrossBasicUNet(spatial_dims=2, in_channels=3, out_channels=2)
+        logits = net(torch.rand(4, 3, 256, 256))  # (4, 2, 256, 256)
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        out_channels: int = 2,
+        features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+        norm: str | tuple = ("instance", {"affine": True}),
+        bias: bool = True,
+        dropout: float | tuple = 0.0,
+        upsample: str = "deconv",
+    ):
+        """
+        Args:
+            spatial_dims: number of spatial dimensions (2 or 3).
+            in_channels: number of input channels.
+            out_channels: number of output channels (logits, no activation applied).
+            features: six integers, the number of channels of the five encoder levels and of the last decoder stage.
+            act: activation type and arguments.
+            norm: feature normalization type and arguments.
+            bias: whether to have a bias term in convolution blocks.
+            dropout: dropout ratio. Defaults to no dropout.
+            upsample: upsampling mode, available options are ``"deconv"``, ``"pixelshuffle"``, ``"nontrainable"``.
+        """
+        super().__init__()
+        fea = ensure_tuple_rep(features, 6)
+        encoder_chns = fea[:5]
+
+        self.conv_0 = TwoConv(spatial_dims, in_channels, fea[0], act, norm, bias, dropout)
+        self.down_1 = Down(spatial_dims, fea[0], fea[1], act, norm, bias, dropout)
+        self.down_2 = Down(spatial_dims, fea[1], fea[2], act, norm, bias, dropout)
+        self.down_3 = Down(spatial_dims, fea[2], fea[3], act, norm, bias, dropout)
+        self.down_4 = Down(spatial_dims, fea[3], fea[4], act, norm, bias, dropout)
+
+        self.upcat_4 = UpCatAll(spatial_dims, fea[4], encoder_chns, fea[3], act, norm, bias, dropout, upsample)
+        self.upcat_3 = UpCatAll(spatial_dims, fea[3], encoder_chns, fea[2], act, norm, bias, dropout, upsample)
+        self.upcat_2 = UpCatAll(spatial_dims, fea[2], encoder_chns, fea[1], act, norm, bias, dropout, upsample)
+        self.upcat_1 = UpCatAll(
+            spatial_dims, fea[1], encoder_chns, fea[5], act, norm, bias, dropout, upsample, halves=False
+        )
+
+        self.final_conv = Conv["conv", spatial_dims](fea[5], out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: input of shape ``(batch, in_channels, *spatial)`` with ``spatial_dims`` spatial dimensions.
+
+        Returns:
+            logits of shape ``(batch, out_channels, *spatial)``.
+        """
+        x0 = self.conv_0(x)
+        x1 = self.down_1(x0)
+        x2 = self.down_2(x1)
+        x3 = self.down_3(x2)
+        x4 = self.down_4(x3)
+        encoder_features = [x0, x1, x2, x3, x4]
+
+        u4 = self.upcat_4(x4, encoder_features, 3)
+        u3 = self.upcat_3(u4, encoder_features, 2)
+        u2 = self.upcat_2(u3, encoder_features, 1)
+        u1 = self.upcat_1(u2, encoder_features, 0)
+        return self.final_conv(u1)

@@ -1,0 +1,75 @@
+"""Helpers the training and evaluation configs call: checkpoint discovery and output folder checks."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ignite.handlers import ProgressBar
+from monai.handlers import from_engine
+
+__all__ = ["LossProgressBar", "attach_handlers", "check_output_dirs", "latest_checkpoint"]
+
+_CHECKPOINT_NUMBER = re.compile(r"=(\d+)\.pt$")
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> str:
+    """
+    The most recent training checkpoint (``checkpoint_epoch=N.pt`` or ``checkpoint_iteration=N.pt``) in ``folder``.
+
+    Args:
+        folder: the folder the training checkpoints are saved in.
+
+    Raises:
+        FileNotFoundError: when there is nothing to resume from.
+    """
+    candidates = [p for p in Path(folder).glob("checkpoint_*.pt") if _CHECKPOINT_NUMBER.search(p.name)]
+    if not candidates:
+        raise FileNotFoundError(f"{folder}: no checkpoint_*.pt to resume from; train without --resume first.")
+    return str(max(candidates, key=lambda p: (int(_CHECKPOINT_NUMBER.search(p.name).group(1)), p.stat().st_mtime)))
+
+
+def check_output_dirs(*folders: str | os.PathLike) -> None:
+    """
+    Create the output folders and check that they are writable, so that a run fails at once with a clear message
+    instead of after its first epoch.
+
+    Args:
+        folders: folders the run writes to.
+    """
+    for folder in folders:
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PermissionError(f"{folder}: cannot create the output folder ({e.strerror}).") from e
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"{folder}: the output folder is not writable.")
+
+
+def attach_handlers(engine, handlers: list) -> None:
+    """
+    Attach handlers that need the engine itself in their arguments (checkpointing the trainer's state), which the
+    engine's own handler list cannot hold without a circular reference.
+
+    Args:
+        engine: the Ignite engine.
+        handlers: handlers with an ``attach(engine)`` method; None entries (disabled handlers) are skipped.
+    """
+    for handler in handlers:
+        if handler is not None:
+            handler.attach(engine)
+
+
+class LossProgressBar(ProgressBar):
+    """Ignite's tqdm progress bar showing the running training loss of a MONAI trainer."""
+
+    def attach(self, engine, **kwargs) -> None:
+        """
+        Args:
+            engine: the MONAI trainer.
+            kwargs: passed to :meth:`ignite.handlers.ProgressBar.attach`.
+        """
+        kwargs.setdefault("output_transform", from_engine(["loss"], first=True))
+        super().attach(engine, **kwargs)

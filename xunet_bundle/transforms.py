@@ -1,0 +1,91 @@
+"""Input validation transforms that turn bad cases into clear errors naming the file."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from .data import DataError
+
+__all__ = ["CheckCased"]
+
+
+def source_file(data: object) -> str:
+    """The file a (meta) tensor was loaded from, or ``"<unknown file>"``."""
+    if isinstance(data, MetaTensor):
+        name = data.meta.get("filename_or_obj")
+        if name:
+            return str(name)
+    return "<unknown file>"
+
+
+class CheckCased(MapTransform):
+    """
+    Check a channel-first image (and, when present, its label) before they reach the network.
+
+    Raises :class:`~xunet_bundle.data.DataError` naming the file when the image has the wrong number of channels or
+    non-finite intensities, when the label's spatial size differs from the image's, or when label values fall outside
+    ``0 .. num_classes - 1``.
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        label_key: str | None = "label",
+        num_channels: int = 3,
+        num_classes: int = 2,
+        spatial_dims: int = 3,
+        allow_missing_keys: bool = True,
+    ):
+        """
+        Args:
+            image_key: key of the image.
+            label_key: key of the label, or None for unlabelled data.
+            num_channels: expected number of image channels.
+            num_classes: labels must lie in ``0 .. num_classes - 1``.
+            spatial_dims: expected number of spatial dimensions of the image.
+            allow_missing_keys: do not fail when the label is absent (inference).
+        """
+        keys: KeysCollection = [image_key] if label_key is None else [image_key, label_key]
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.label_key = label_key
+        self.num_channels = num_channels
+        self.num_classes = num_classes
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        image = d[self.image_key]
+        name = source_file(image)
+        if image.ndim != self.spatial_dims + 1:
+            raise DataError(
+                name,
+                f"expected a {self.spatial_dims}D volume with {self.num_channels} channels, "
+                f"got an array of shape {tuple(image.shape)} (channel first).",
+            )
+        if image.shape[0] != self.num_channels:
+            raise DataError(name, f"expected {self.num_channels} image channels, got {image.shape[0]}.")
+        if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+            raise DataError(name, "image contains NaN or infinite intensities.")
+        label = d.get(self.label_key) if self.label_key is not None else None
+        if label is not None:
+            label_name = source_file(label)
+            if label.shape[0] != 1:
+                raise DataError(label_name, f"expected a single-channel label, got shape {tuple(label.shape)}.")
+            if label.shape[1:] != image.shape[1:]:
+                raise DataError(
+                    label_name, f"label size {tuple(label.shape[1:])} differs from image size {tuple(image.shape[1:])}."
+                )
+            values = torch.unique(label)
+            valid = (values >= 0) & (values < self.num_classes) & (values == torch.round(values))
+            if not bool(valid.all()):
+                raise DataError(
+                    label_name,
+                    f"label values must be integers in 0..{self.num_classes - 1}, found {values[~valid].tolist()[:10]}.",
+                )
+        return d
