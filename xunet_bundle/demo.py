@@ -66,8 +66,7 @@ def make_demo_dataset(
         progress: show a progress bar.
     """
     cases = {
-        f"demo_{i:03d}": (lambda i=i: synthetic_patient(seed * 1000 + i, size, num_slices))
-        for i in range(num_patients)
+        f"demo_{i:03d}": (lambda i=i: synthetic_patient(seed * 1000 + i, size, num_slices)) for i in range(num_patients)
     }
     return write_dataset(
         cases,

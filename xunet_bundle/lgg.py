@@ -25,9 +25,12 @@ IMAGE_CHANNELS = ("pre-contrast", "FLAIR", "post-contrast")
 
 def _read_tiff(path: Path) -> np.ndarray:
     try:
-        return tifffile.imread(path)
+        array = tifffile.imread(path)
     except Exception as e:  # tifffile raises several types for corrupt or truncated files
         raise DataError(path, f"cannot read the TIFF file ({type(e).__name__}: {e}).") from e
+    if array.size == 0:  # tifffile returns an empty array, with a logged warning, for some truncated files
+        raise DataError(path, "cannot read the TIFF file (no pixel data: truncated or corrupt).")
+    return array
 
 
 def _slice_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path]]:

@@ -1,4 +1,4 @@
-"""XUNet (``CrossBasicUNet``): MONAI's BasicUNet with full-scale fusion of all encoder features in every decoder stage."""
+"""XUNet (``CrossBasicUNet``): BasicUNet with full-scale fusion of all encoder features in each decoder stage."""
 
 from __future__ import annotations
 

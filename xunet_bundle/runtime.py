@@ -44,7 +44,11 @@ def tune_glibc_malloc(top_pad: int = 1 << 30, trim_threshold: int = 100_000_000_
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     applied = all(
         mallopt(param, value) == 1
-        for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, min(trim_threshold, 2**31 - 1)), (_M_TOP_PAD, top_pad))
+        for param, value in (
+            (_M_MMAP_MAX, 0),
+            (_M_TRIM_THRESHOLD, min(trim_threshold, 2**31 - 1)),
+            (_M_TOP_PAD, top_pad),
+        )
     )
     logger.info("glibc malloc tuned for large tensors: %s", applied)
     return applied

@@ -84,8 +84,8 @@ class CheckCased(MapTransform):
             values = torch.unique(label)
             valid = (values >= 0) & (values < self.num_classes) & (values == torch.round(values))
             if not bool(valid.all()):
+                invalid = values[~valid].tolist()[:10]
                 raise DataError(
-                    label_name,
-                    f"label values must be integers in 0..{self.num_classes - 1}, found {values[~valid].tolist()[:10]}.",
+                    label_name, f"label values must be integers in 0..{self.num_classes - 1}, found {invalid}."
                 )
         return d

@@ -1,0 +1,122 @@
+"""End to end through ``python -m monai.bundle``: train, resume, evaluate and infer on the synthetic demo data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from xunet_bundle import CrossBasicUNet
+from xunet_bundle.data import load_split
+from xunet_bundle.training import latest_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN = "configs/train.json"
+EVALUATE = "['configs/train.json','configs/evaluate.json']"
+
+
+def bundle(*args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle`` from the bundle root and fail with its output if it fails."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dir, tmp_path_factory) -> Path:
+    """A run of two epochs on the demo data; returns its output folder."""
+    out = tmp_path_factory.mktemp("run")
+    bundle(
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(out),
+        "--ckpt_dir", str(out / "models"), "--epochs", "2", "--num_workers", "0", "--progress", "False",
+    )  # fmt: skip
+    return out
+
+
+def test_training_keeps_a_tensor_only_best_checkpoint(trained):
+    state = torch.load(trained / "models" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    net = CrossBasicUNet()
+    net.load_state_dict(state, strict=True)
+    assert list(trained.glob("tensorboard/events.out.tfevents.*"))
+    assert [p.name for p in (trained / "checkpoints").iterdir()] == ["checkpoint_epoch=2.pt"]
+    resume_state = torch.load(trained / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert set(resume_state) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert resume_state["trainer"]["iteration"] == 2 * resume_state["trainer"]["epoch_length"]
+
+
+def test_training_resumes_from_its_last_checkpoint(trained, demo_dir):
+    result = bundle(
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(trained),
+        "--ckpt_dir", str(trained / "models"), "--epochs", "3", "--num_workers", "0", "--progress", "False",
+        "--resume", "True",
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert "resuming from iteration" in log and "epoch 2 until 3 epochs" in log
+    assert "Epoch: 1/3" not in log and "Epoch: 3/3" in log
+    assert Path(latest_checkpoint(trained / "checkpoints")).name == "checkpoint_epoch=3.pt"
+
+
+def test_resume_without_checkpoint_fails_clearly(demo_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--dataset_dir",
+         str(demo_dir), "--output_dir", str(tmp_path), "--ckpt_dir", str(tmp_path / "m"), "--resume", "True"],
+        cwd=REPO_ROOT, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "no checkpoint_*.pt to resume from" in result.stderr
+
+
+def test_evaluation_writes_per_patient_dice_and_hd95(trained, demo_dir):
+    out = trained / "eval"
+    bundle(
+        "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(demo_dir), "--ckpt_dir",
+        str(trained / "models"), "--output_dir", str(out), "--num_workers", "0",
+    )  # fmt: skip
+    test_patients = {Path(item["image"]).name for item in load_split(demo_dir / "datalist.json", "test")}
+    for metric in ("val_mean_dice", "val_hd95"):
+        with open(out / f"{metric}_raw.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert {Path(row["filename"]).name for row in rows} == test_patients
+        with open(out / f"{metric}_summary.csv") as f:
+            summary = {row["class"]: row for row in csv.DictReader(f)}
+        assert {"mean", "median"} <= set(summary["mean"])
+    dice = [float(row["mean"]) for row in csv.DictReader(open(out / "val_mean_dice_raw.csv"))]
+    assert all(0.0 <= d <= 1.0 for d in dice)
+
+
+def test_inference_writes_one_segmentation_per_volume_with_its_geometry(trained, demo_dir):
+    out = trained / "pred"
+    bundle(
+        "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(demo_dir / "imagesTr"),
+        "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
+    )  # fmt: skip
+    inputs = sorted((demo_dir / "imagesTr").glob("*.nii.gz"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name.replace(".nii.gz", "_seg.nii.gz") for p in inputs)
+    for path in inputs:
+        image, seg = nib.load(path), nib.load(out / path.name.replace(".nii.gz", "_seg.nii.gz"))
+        assert seg.shape == image.shape[:3]
+        np.testing.assert_allclose(seg.affine, image.affine)
+        assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
+
+
+def test_basicunet_override_trains_with_the_same_pipeline(demo_dir, tmp_path):
+    bundle(
+        "run", "training", "--config_file", "['configs/train.json','configs/basicunet.json']", "--dataset_dir",
+        str(demo_dir), "--output_dir", str(tmp_path), "--ckpt_dir", str(tmp_path / "models"), "--epochs", "1",
+        "--num_workers", "0", "--progress", "False",
+    )  # fmt: skip
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert "upcat_1.convs.conv_0.conv.weight" in state
+    assert state["upcat_1.convs.conv_0.conv.weight"].shape[1] == 64  # BasicUNet's single skip: 32 + 32 channels

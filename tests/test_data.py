@@ -1,0 +1,109 @@
+"""Splits, datalists, demo data and input checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from xunet_bundle.data import DataError, find_volumes, load_split, split_patients, write_nifti
+from xunet_bundle.demo import synthetic_patient
+from xunet_bundle.transforms import CheckCased
+
+
+def test_split_is_disjoint_balanced_and_independent_of_input_order():
+    patients = [f"p{i:02d}" for i in range(62)]
+    folds, test = split_patients(patients, num_folds=5, test_fraction=0.2, seed=0)
+    assert len(test) == 12 and not set(test) & set(folds)
+    assert set(test) | set(folds) == set(patients)
+    sizes = np.bincount(list(folds.values()))
+    assert sizes.max() - sizes.min() <= 1
+    assert split_patients(list(reversed(patients)), 5, 0.2, 0) == (folds, test)
+    assert split_patients(patients, 5, 0.2, 1) != (folds, test)
+
+
+def test_split_rejects_duplicates_and_too_few_patients():
+    with pytest.raises(ValueError, match="unique"):
+        split_patients(["a", "a", "b"])
+    with pytest.raises(ValueError, match="too few"):
+        split_patients(["a", "b", "c"], num_folds=5, test_fraction=0.0)
+
+
+def test_demo_data_is_deterministic_and_labelled():
+    image_a, label_a = synthetic_patient(3)
+    image_b, label_b = synthetic_patient(3)
+    np.testing.assert_array_equal(image_a, image_b)
+    np.testing.assert_array_equal(label_a, label_b)
+    assert image_a.shape == (64, 64, 16, 3) and image_a.dtype == np.uint8
+    assert 0 < label_a.sum() < label_a.size / 4
+    # the lesion is brighter than the rest of the brain in FLAIR (channel 1)
+    flair = image_a[..., 1].astype(float)
+    assert flair[label_a == 1].mean() > flair[(label_a == 0) & (flair > 0)].mean() + 20
+
+
+def test_demo_dataset_layout(demo_dir):
+    datalist = json.loads((demo_dir / "datalist.json").read_text())
+    assert len(datalist["training"]) + len(datalist["testing"]) == 10
+    for item in datalist["training"] + datalist["testing"]:
+        assert (demo_dir / item["image"]).is_file() and (demo_dir / item["label"]).is_file()
+    assert load_split(demo_dir / "datalist.json", "validation", 0)
+
+
+def test_load_split_errors_name_the_datalist(tmp_path, demo_dir):
+    with pytest.raises(DataError, match="datalist not found") as error:
+        load_split(tmp_path / "datalist.json", "train")
+    assert str(tmp_path) in str(error.value)
+    (tmp_path / "datalist.json").write_text("{not json")
+    with pytest.raises(DataError, match="not a valid datalist"):
+        load_split(tmp_path / "datalist.json", "train")
+    with pytest.raises(DataError, match="fold 7 is not in the datalist"):
+        load_split(demo_dir / "datalist.json", "train", fold=7)
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [], "testing": []}))
+    with pytest.raises(DataError, match="subset .* is empty"):
+        load_split(tmp_path / "datalist.json", "test")
+
+
+def test_find_volumes_lists_nifti_only_and_rejects_empty_folders(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        find_volumes(tmp_path / "missing")
+    with pytest.raises(DataError, match="no NIfTI volumes"):
+        find_volumes(tmp_path)
+    write_nifti(np.zeros((4, 4, 4), np.uint8), np.eye(4), tmp_path / "b.nii.gz")
+    write_nifti(np.zeros((4, 4, 4), np.uint8), np.eye(4), tmp_path / "a.nii")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [Path(v["image"]).name for v in find_volumes(tmp_path)] == ["a.nii", "b.nii.gz"]
+    assert not list(tmp_path.glob(".*"))  # no temporary files left by the atomic writes
+
+
+def _case(image_shape=(3, 8, 8, 4), label_shape=(1, 8, 8, 4), label_value=1, image_value=0.0):
+    image = MetaTensor(torch.full(image_shape, image_value), meta={"filename_or_obj": "/data/img.nii.gz"})
+    label = MetaTensor(torch.zeros(label_shape), meta={"filename_or_obj": "/data/lbl.nii.gz"})
+    label.view(-1)[0] = label_value
+    return {"image": image, "label": label}
+
+
+@pytest.mark.parametrize(
+    "case, path, problem",
+    [
+        (_case(image_shape=(1, 8, 8, 4)), "/data/img.nii.gz", "expected 3 image channels, got 1"),
+        (_case(image_shape=(3, 8, 8)), "/data/img.nii.gz", "expected a 3D volume"),
+        (_case(image_value=float("nan")), "/data/img.nii.gz", "NaN or infinite"),
+        (_case(label_shape=(1, 8, 8, 5)), "/data/lbl.nii.gz", "differs from image size"),
+        (_case(label_value=2), "/data/lbl.nii.gz", r"label values must be integers in 0..1, found \[2.0\]"),
+        (_case(label_value=0.5), "/data/lbl.nii.gz", "label values must be integers"),
+    ],
+)
+def test_check_case_names_the_file_and_the_problem(case, path, problem):
+    with pytest.raises(DataError, match=problem) as error:
+        CheckCased()(case)
+    assert error.value.path == path
+
+
+def test_check_case_accepts_valid_cases_and_unlabelled_images():
+    case = _case()
+    assert CheckCased()(case)["image"] is case["image"]
+    assert CheckCased(label_key=None)({"image": case["image"]})["image"] is case["image"]
