@@ -12,6 +12,8 @@ from monai.networks.layers.factories import Conv
 from monai.networks.nets.basic_unet import Down, TwoConv
 from monai.utils import ensure_tuple_rep
 
+from .fusion import add_conv_nearest_upsampled
+
 __all__ = ["CrossBasicUNet", "UpCatAll", "match_spatial_size"]
 
 
@@ -32,6 +34,13 @@ def match_spatial_size(x: torch.Tensor, size: list[int]) -> torch.Tensor:
     if any(p != 0 for p in pads):
         x = F.pad(x, pads, mode="replicate")
     return x
+
+
+def conv_nd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 3x3 (3x3x3) convolution with padding 1 in 2D or 3D, following the input's dimensions."""
+    if x.dim() == 5:
+        return F.conv3d(x, weight, bias, padding=1)
+    return F.conv2d(x, weight, bias, padding=1)
 
 
 class UpCatAll(nn.Module):
@@ -73,6 +82,9 @@ class UpCatAll(nn.Module):
         up_chns = in_chns if upsample == "nontrainable" or not halves else in_chns // 2
         self.upsample = UpSample(spatial_dims, in_chns, up_chns, 2, mode=upsample)
         self.convs = TwoConv(spatial_dims, up_chns + sum(encoder_chns), out_chns, act, norm, bias, dropout)
+        self.up_chns = up_chns
+        self.encoder_chns = list(encoder_chns)
+        self.fast = True
 
     def forward(self, x: torch.Tensor, encoder_features: list[torch.Tensor], level: int) -> torch.Tensor:
         """
@@ -82,10 +94,46 @@ class UpCatAll(nn.Module):
             level: index in ``encoder_features`` of the feature that has this stage's resolution.
         """
         target_size = list(encoder_features[level].shape[2:])
-        fused = [match_spatial_size(self.upsample(x), target_size)]
+        x_up = match_spatial_size(self.upsample(x), target_size)
+        if self.fast and not torch.jit.is_scripting():
+            fused = self.fast_fused_conv(x_up, encoder_features, level)
+        else:
+            fused = self.reference_fused_conv(x_up, encoder_features)
+        return self.convs.conv_1(self.convs.conv_0.adn(fused))
+
+    def reference_fused_conv(self, x_up: torch.Tensor, encoder_features: list[torch.Tensor]) -> torch.Tensor:
+        """
+        The first convolution of the stage over the concatenation ``[x_up, resized encoder features]``, computed as
+        written: every encoder feature is resized to this stage's size and the 3x3 convolution runs on all of them.
+        """
+        target_size = list(x_up.shape[2:])
+        fused = [x_up]
         for feature in encoder_features:
             fused.append(F.interpolate(feature, size=target_size, mode="nearest"))
-        return self.convs(torch.cat(fused, dim=1))
+        return self.convs.conv_0.conv(torch.cat(fused, dim=1))
+
+    @torch.jit.unused
+    def fast_fused_conv(self, x_up: torch.Tensor, encoder_features: list[torch.Tensor], level: int) -> torch.Tensor:
+        """
+        The same function as :meth:`reference_fused_conv`, without resized copies of the deeper features.
+
+        A convolution of a concatenation is the sum of one convolution per source (the kernel split along its input
+        channels). The upsampled decoder feature, the feature of this level and the (cheap, smaller) subsampled
+        shallower features are convolved together at this stage's size; each deeper feature is convolved at its own
+        resolution with folded kernels (see :mod:`xunet_bundle.fusion`).
+        """
+        conv = self.convs.conv_0.conv
+        target_size = list(x_up.shape[2:])
+        shallow = [x_up]
+        for feature in encoder_features[: level + 1]:
+            same = list(feature.shape[2:]) == target_size
+            shallow.append(feature if same else F.interpolate(feature, size=target_size, mode="nearest"))
+        start = self.up_chns + sum(self.encoder_chns[: level + 1])
+        fused = conv_nd(torch.cat(shallow, dim=1), conv.weight[:, :start], conv.bias)
+        for feature, chns in zip(encoder_features[level + 1 :], self.encoder_chns[level + 1 :]):
+            fused = add_conv_nearest_upsampled(fused, feature, conv.weight[:, start : start + chns])
+            start += chns
+        return fused
 
 
 class CrossBasicUNet(nn.Module):

@@ -1,0 +1,148 @@
+"""
+Exact fast computation of a 3x3 (3x3x3) convolution applied to a nearest-upsampled feature map.
+
+With an integer upsampling factor ``s``, output position ``o = s * p + phase`` of
+``conv(nearest_upsample(x, s), w, padding=1)`` only reads source positions ``p - 1``, ``p`` and ``p + 1``, and the
+kernel taps that land on the same source position add up. Along each dimension there are three kinds of phase:
+
+- the first phase (``phase == 0``) reads ``p - 1`` with ``w[0]`` and ``p`` with ``w[1] + w[2]``;
+- the last phase (``phase == s - 1``) reads ``p`` with ``w[0] + w[1]`` and ``p + 1`` with ``w[2]``;
+- the middle phases (only when ``s >= 3``) read ``p`` alone with ``w[0] + w[1] + w[2]``.
+
+So the whole result is a handful of small convolutions at the source's resolution with folded kernels, interleaved
+into the output by an index gather, instead of a 3x3 convolution over an ``s**spatial_dims`` times larger copy.
+Zero padding agrees on both sides: a tap outside the upsampled map is a tap outside the source.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["add_conv_nearest_upsampled", "reference_conv_nearest_upsampled"]
+
+FIRST, MIDDLE, LAST = 0, 1, 2
+
+# fold[kind] maps the three kernel taps (columns) onto the taps of the folded kernel (rows), for each phase class
+_EDGE_FOLD = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))  # first, last: 2 taps each
+_MIDDLE_FOLD = (((1.0, 1.0, 1.0),),)  # middle: 1 tap
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 0) -> torch.Tensor:
+    if x.dim() == 4:
+        return F.conv2d(x, weight, bias, padding=padding)
+    if x.dim() == 5:
+        return F.conv3d(x, weight, bias, padding=padding)
+    return F.conv1d(x, weight, bias, padding=padding)
+
+
+def reference_conv_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """The straightforward form: resize ``x`` to ``size`` by nearest interpolation, then convolve (padding 1)."""
+    return _conv(F.interpolate(x, size=size, mode="nearest"), weight, padding=1)
+
+
+def _fold_weight(weight: torch.Tensor, middle_dims: tuple[bool, ...]) -> torch.Tensor:
+    """
+    Fold a ``(out, in, 3, ..., 3)`` kernel for one combination of edge / middle dimensions.
+
+    Returns ``(classes, out, in, *taps)``, classes in row-major order over the edge dimensions (first, last).
+    """
+    folded = weight
+    for dim, middle in enumerate(middle_dims):
+        fold = torch.tensor(_MIDDLE_FOLD if middle else _EDGE_FOLD, dtype=weight.dtype, device=weight.device)
+        # contract kernel axis 2 + 2 * dim (already folded axes come as (class, tap) pairs before it)
+        axis = 2 + 2 * dim
+        folded = torch.tensordot(folded, fold, dims=([axis], [2]))  # appends (class, tap) at the end
+        folded = folded.movedim((-2, -1), (axis, axis + 1))
+    out_chns, in_chns = weight.shape[:2]
+    n = len(middle_dims)
+    class_axes = [2 + 2 * d for d in range(n)]
+    tap_axes = [3 + 2 * d for d in range(n)]
+    folded = folded.permute(*class_axes, 0, 1, *tap_axes)
+    return folded.reshape(-1, out_chns, in_chns, *folded.shape[-n:])
+
+
+def _interleave_phases(blocks: dict[tuple[int, ...], torch.Tensor], scale: int, ndim: int) -> torch.Tensor:
+    """
+    Assemble the full-resolution result from the per-class blocks (each at the source's resolution): along every
+    dimension, output ``s * p + phase`` takes position ``p`` of the block of the phase's class.
+    """
+    for dim in range(ndim - 1, -1, -1):
+        axis = 3 + dim  # the phase axis inserted right after spatial dimension ``dim``
+        merged: dict[tuple[int, ...], torch.Tensor] = {}
+        for key in {k[:dim] for k in blocks}:
+            parts = [blocks[key + (FIRST,)].unsqueeze(axis)]
+            if scale > 2:
+                middle = blocks[key + (MIDDLE,)].unsqueeze(axis)
+                parts.append(middle.expand(*middle.shape[:axis], scale - 2, *middle.shape[axis + 1 :]))
+            parts.append(blocks[key + (LAST,)].unsqueeze(axis))
+            phased = torch.cat(parts, dim=axis)
+            merged[key] = phased.flatten(axis - 1, axis)
+        blocks = merged
+    return blocks[()]
+
+
+def _phase_blocks(x: torch.Tensor, weight: torch.Tensor, scale: int) -> dict[tuple[int, ...], torch.Tensor]:
+    """The result of every phase class (a tuple of per-dimension classes) at the source's resolution."""
+    source_size = list(x.shape[2:])
+    n = len(source_size)
+    out_chns = weight.shape[0]
+    blocks: dict[tuple[int, ...], torch.Tensor] = {}
+    for middle_dims in itertools.product((False, True) if scale > 2 else (False,), repeat=n):
+        folded = _fold_weight(weight, middle_dims)
+        pads = []
+        for middle in reversed(middle_dims):
+            pads += [0, 0] if middle else [1, 1]
+        result = _conv(F.pad(x, pads), folded.reshape(-1, *folded.shape[2:]))
+        result = result.view(x.shape[0], -1, out_chns, *result.shape[2:])
+        edge_classes = [[MIDDLE] if middle else [FIRST, LAST] for middle in middle_dims]
+        for index, combination in enumerate(itertools.product(*edge_classes)):
+            block = result[:, index]
+            for dim, kind in enumerate(combination):
+                if kind != MIDDLE:  # first phase reads (p - 1, p): outputs 0..S-1; last reads (p, p + 1): 1..S
+                    block = block.narrow(2 + dim, 0 if kind == FIRST else 1, source_size[dim])
+            blocks[combination] = block
+    return blocks
+
+
+def _add_phases_(out: torch.Tensor, blocks: dict[tuple[int, ...], torch.Tensor], scale: int) -> torch.Tensor:
+    """
+    In-place form of :func:`_interleave_phases` that adds into ``out`` (for inference: under autograd, in-place
+    updates of slices make the backward pass copy the whole gradient once per slice).
+    """
+    source_size = list(next(iter(blocks.values())).shape[2:])
+    n = len(source_size)
+    phased = out.view(*out.shape[:2], *[d for s in source_size for d in (s, scale)])
+    phase_slices = {FIRST: slice(0, 1), MIDDLE: slice(1, scale - 1), LAST: slice(scale - 1, scale)}
+    for combination, block in blocks.items():
+        for dim in range(n - 1, -1, -1):  # (batch, out, S1, 1, S2, 1, ...): broadcast over the class's phases
+            block = block.unsqueeze(3 + dim)
+        target = [slice(None), slice(None)] + [s for kind in combination for s in (slice(None), phase_slices[kind])]
+        phased[tuple(target)].add_(block)  # ``+=`` on an indexed view would copy the slice back onto itself
+    return out
+
+
+def add_conv_nearest_upsampled(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """
+    ``out + conv(nearest_resize(x, out.shape[2:]), weight, padding=1)`` (no bias), with the convolutions at the
+    resolution of ``x``.
+
+    Falls back to the straightforward form when the size of ``out`` is not an integer multiple (>= 2, the same along
+    every dimension) of the spatial size of ``x``, as happens for inputs not divisible by 16. Without autograd
+    (inference), ``out`` is updated in place.
+
+    Args:
+        out: accumulator ``(batch, out, *size)``.
+        x: source feature ``(batch, in, *spatial)``.
+        weight: kernel ``(out, in, 3, ..., 3)``.
+    """
+    size, source_size = list(out.shape[2:]), list(x.shape[2:])
+    scale = size[0] // source_size[0]
+    if scale < 2 or any(t != scale * s for t, s in zip(size, source_size)):
+        return out + reference_conv_nearest_upsampled(x, weight, size)
+    blocks = _phase_blocks(x, weight, scale)
+    if torch.is_grad_enabled() and (out.requires_grad or x.requires_grad or weight.requires_grad):
+        return out + _interleave_phases(blocks, scale, len(size))
+    return _add_phases_(out, blocks, scale)
