@@ -159,6 +159,7 @@ class CrossBasicUNet(nn.Module):
         bias: bool = True,
         dropout: float | tuple = 0.0,
         upsample: str = "deconv",
+        fast_fusion: bool = True,
     ):
         """
         Args:
@@ -171,6 +172,9 @@ class CrossBasicUNet(nn.Module):
             bias: whether to have a bias term in convolution blocks.
             dropout: dropout ratio. Defaults to no dropout.
             upsample: upsampling mode, available options are ``"deconv"``, ``"pixelshuffle"``, ``"nontrainable"``.
+            fast_fusion: compute the decoder's fused convolutions without resized copies of the deeper encoder
+                features (same parameters, same outputs, much less compute and memory). False runs the
+                straightforward formulation, kept as the reference. TorchScript always runs the reference.
         """
         super().__init__()
         fea = ensure_tuple_rep(features, 6)
@@ -190,6 +194,16 @@ class CrossBasicUNet(nn.Module):
         )
 
         self.final_conv = Conv["conv", spatial_dims](fea[5], out_channels, kernel_size=1)
+        self.fast_fusion = fast_fusion
+
+    @property
+    def fast_fusion(self) -> bool:
+        return self.upcat_1.fast
+
+    @fast_fusion.setter
+    def fast_fusion(self, value: bool) -> None:
+        for stage in (self.upcat_4, self.upcat_3, self.upcat_2, self.upcat_1):
+            stage.fast = bool(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """

@@ -5,7 +5,6 @@
 set -euo pipefail
 src=${1:?path of kaggle_3m}
 work=${2:-runs/lgg10}
-export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1000000000
 python scripts/prepare_lgg.py --src "$src" --dst "$work/data"
 python -m monai.bundle run training --config_file configs/train.json \
     --dataset_dir "$work/data" --output_dir "$work" --ckpt_dir "$work/models" \

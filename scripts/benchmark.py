@@ -1,0 +1,195 @@
+"""
+Speed and memory of XUNet (fast and straightforward fusion) against MONAI's BasicUNet, measured in the same run.
+
+Every measurement runs in a fresh process, so that peak memory (the high-water mark of the resident set on CPU,
+``max_memory_allocated`` on CUDA) belongs to that model alone. Ratios are to BasicUNet under the same settings.
+
+Usage::
+
+    python scripts/benchmark.py                      # all cases, markdown table on stdout
+    python scripts/benchmark.py --cases 2d_b4 --repeats 5 --json_out runs/benchmark.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fire
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xunet_bundle import CrossBasicUNet  # noqa: E402
+from xunet_bundle.runtime import cpu_supports_bf16  # noqa: E402
+
+CASES = {
+    "2d_b1": {"spatial_dims": 2, "batch": 1, "size": (256, 256), "in_channels": 3},
+    "2d_b4": {"spatial_dims": 2, "batch": 4, "size": (256, 256), "in_channels": 3},
+    "3d_b1": {"spatial_dims": 3, "batch": 1, "size": (96, 96, 96), "in_channels": 1},
+}
+MODELS = ("basicunet", "xunet_fast", "xunet_reference")
+FEATURES = (32, 32, 64, 128, 256, 32)
+# glibc keeps large blocks on its heap instead of mmap-ing and page-faulting them again on every step
+TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "MALLOC_TOP_PAD_": "1000000000"}
+
+
+def build(model: str, spatial_dims: int, in_channels: int) -> torch.nn.Module:
+    if model == "basicunet":
+        from monai.networks.nets import BasicUNet
+
+        return BasicUNet(spatial_dims, in_channels, 2, FEATURES)
+    return CrossBasicUNet(spatial_dims, in_channels, 2, FEATURES, fast_fusion=model == "xunet_fast")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(
+    model: str, case: str, mode: str, repeats: int = 3, device: str = "cpu", bf16: bool = False, threads: int = 0
+) -> None:
+    """
+    One measurement in this process; prints a JSON line. Called by :func:`main` in a fresh process.
+
+    Args:
+        model: one of ``basicunet``, ``xunet_fast``, ``xunet_reference``.
+        case: a key of ``CASES``.
+        mode: ``train`` (forward, Dice-free cross-entropy on logits, backward, AdamW step) or ``infer`` (forward
+            under ``torch.inference_mode``, eval mode).
+        repeats: timed repetitions after one warm-up; the median is reported.
+        device: ``cpu`` or ``cuda``.
+        bf16: autocast to bfloat16.
+        threads: torch intra-op threads (0: PyTorch's default).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    spec = CASES[case]
+    torch.manual_seed(0)
+    net = build(model, spec["spatial_dims"], spec["in_channels"]).to(device)
+    x = torch.randn(spec["batch"], spec["in_channels"], *spec["size"], device=device)
+    y = torch.randint(0, 2, (spec["batch"], *spec["size"]), device=device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+
+    def run() -> None:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            if mode == "train":
+                optimizer.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+                loss.backward()
+                optimizer.step()
+            else:
+                with torch.inference_mode():
+                    net(x)
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+
+    net.train(mode == "train")
+    baseline = _rss_mb()
+    if device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated() / 2**20
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device_type == "cuda" else _peak_rss_mb()
+    print(
+        json.dumps(
+            {"seconds": statistics.median(times), "peak_mb": peak - baseline, "threads": torch.get_num_threads()}
+        )
+    )
+
+
+def _run_one(
+    model: str, case: str, mode: str, repeats: int, device: str, bf16: bool, threads: int, env: dict | None = None
+) -> dict:
+    command = [sys.executable, __file__, "measure", model, case, mode, f"--repeats={repeats}", f"--device={device}"]
+    command += [f"--bf16={bf16}", f"--threads={threads}"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(
+    cases: str | tuple = tuple(CASES),
+    repeats: int = 3,
+    device: str = "cpu",
+    threads: int = 0,
+    cpu_path: bool = True,
+    json_out: str | None = None,
+) -> None:
+    """
+    Args:
+        cases: comma-separated keys of ``CASES`` (``2d_b1``, ``2d_b4``, ``3d_b1``).
+        repeats: timed repetitions per measurement (after one warm-up); medians are reported.
+        device: ``cpu`` or ``cuda``.
+        threads: torch intra-op threads (0: PyTorch's default).
+        cpu_path: also measure glibc malloc tuning and bf16 autocast for the 2D batch-4 case on CPU.
+        json_out: also write all measurements to this JSON file.
+    """
+    cases = cases.split(",") if isinstance(cases, str) else list(cases)
+    env = TUNED_MALLOC if device == "cpu" else {}
+    rows = []
+    print(
+        f"# benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    )
+    print(f"# command: python scripts/benchmark.py {' '.join(sys.argv[1:])}")
+    print(f"# device {device}, malloc {'tuned' if env else 'default'}, fp32, median of {repeats}")
+    print("| case | mode | model | seconds | ratio | peak MiB | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for case in cases:
+        for mode in ("train", "infer"):
+            results = {m: _run_one(m, case, mode, repeats, device, False, threads, env) for m in MODELS}
+            base = results["basicunet"]
+            for model, r in results.items():
+                row = {"case": case, "mode": mode, "model": model, "malloc": "tuned" if env else "default", **r}
+                row["time_ratio"] = r["seconds"] / base["seconds"]
+                row["memory_ratio"] = r["peak_mb"] / base["peak_mb"]
+                rows.append(row)
+                print(
+                    f"| {case} | {mode} | {model} | {r['seconds']:.3f} | {row['time_ratio']:.2f} | "
+                    f"{r['peak_mb']:.0f} | {row['memory_ratio']:.2f} |",
+                    flush=True,
+                )
+    if cpu_path and device == "cpu":
+        bf16_options = (False, True) if cpu_supports_bf16() else (False,)
+        if len(bf16_options) == 1:
+            print("\n# this CPU has no native bf16 (AVX512-BF16/AMX): bf16 autocast is emulated and not measured")
+        print("\n# CPU path, 2d_b4 train step: glibc malloc default vs tuned, fp32 vs bf16 autocast")
+        print("| model | malloc | dtype | seconds | ratio to BasicUNet default fp32 |")
+        print("| --- | --- | --- | --- | --- |")
+        reference = None
+        for model in ("basicunet", "xunet_fast"):
+            for malloc, malloc_env in (("default", {}), ("tuned", TUNED_MALLOC)):
+                for bf16 in bf16_options:
+                    if bf16 and malloc == "default":
+                        continue
+                    r = _run_one(model, "2d_b4", "train", repeats, device, bf16, threads, malloc_env)
+                    reference = reference or r["seconds"]
+                    dtype = "bf16" if bf16 else "fp32"
+                    rows.append(
+                        {"case": "2d_b4", "mode": "train", "model": model, "malloc": malloc, "dtype": dtype, **r}
+                    )
+                    print(f"| {model} | {malloc} | {dtype} | {r['seconds']:.3f} | {r['seconds'] / reference:.2f} |")
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(rows, indent=4) + "\n")
+
+
+if __name__ == "__main__":
+    fire.Fire({"main": main, "measure": measure} if len(sys.argv) > 1 and sys.argv[1] == "measure" else main)

@@ -1,0 +1,114 @@
+"""The fast full-scale fusion against the straightforward formulation it replaces."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from xunet_bundle import CrossBasicUNet
+from xunet_bundle.fusion import add_conv_nearest_upsampled, reference_conv_nearest_upsampled
+
+SMALL = (8, 8, 16, 16, 32, 8)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 8, 16])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_conv_of_nearest_upsampled_equals_reference(spatial_dims, scale):
+    torch.manual_seed(scale)
+    source = [3, 2, 4][:spatial_dims] if scale < 8 else [2] * spatial_dims
+    x = torch.randn(2, 5, *source, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 5, *([3] * spatial_dims), dtype=torch.float64, requires_grad=True)
+    out = torch.zeros(2, 4, *[scale * s for s in source], dtype=torch.float64)
+    fast = add_conv_nearest_upsampled(out, x, weight)
+    reference = reference_conv_nearest_upsampled(x, weight, list(out.shape[2:]))
+    torch.testing.assert_close(fast, reference)
+    grad = torch.randn_like(reference)
+    fast_grads = torch.autograd.grad(fast, (x, weight), grad)
+    reference_grads = torch.autograd.grad(reference, (x, weight), grad)
+    for a, b in zip(fast_grads, reference_grads):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # the in-place inference path
+        torch.testing.assert_close(add_conv_nearest_upsampled(torch.zeros_like(out), x, weight), reference)
+
+
+def test_non_integer_scale_falls_back_to_the_reference():
+    x, weight = torch.randn(1, 2, 7, 5), torch.randn(3, 2, 3, 3)
+    out = add_conv_nearest_upsampled(torch.zeros(1, 3, 15, 11), x, weight)
+    torch.testing.assert_close(out, reference_conv_nearest_upsampled(x, weight, [15, 11]))
+
+
+def _pair(spatial_dims: int, upsample: str = "deconv", dropout: float = 0.0) -> tuple[CrossBasicUNet, CrossBasicUNet]:
+    torch.manual_seed(0)
+    fast = CrossBasicUNet(spatial_dims, 3, 2, SMALL, upsample=upsample, dropout=dropout).double()
+    reference = copy.deepcopy(fast)
+    reference.fast_fusion = False
+    assert fast.fast_fusion and not reference.fast_fusion
+    return fast, reference
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize(
+    "spatial_dims, shape",
+    [
+        (2, (1, 64, 64)),
+        (2, (3, 48, 80)),
+        (2, (2, 250, 250)),
+        (2, (1, 33, 47)),
+        (3, (1, 32, 32, 32)),
+        (3, (2, 35, 50, 35)),
+    ],
+)
+def test_network_outputs_and_gradients_match_reference(spatial_dims, shape, train):
+    fast, reference = _pair(spatial_dims)
+    fast.train(train)
+    reference.train(train)
+    x = torch.randn(shape[0], 3, *shape[1:], dtype=torch.float64)
+    out_fast, out_reference = fast(x), reference(x)
+    torch.testing.assert_close(out_fast, out_reference)
+    grad = torch.randn_like(out_fast)
+    out_fast.backward(grad)
+    out_reference.backward(grad)
+    for (name, p_fast), p_reference in zip(fast.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p_fast.grad, p_reference.grad, msg=name)
+
+
+@pytest.mark.parametrize("upsample", ["pixelshuffle", "nontrainable"])
+def test_every_upsample_mode_matches_reference(upsample):
+    fast, reference = _pair(2, upsample=upsample)
+    x = torch.randn(2, 3, 64, 48, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(x), reference.eval()(x))
+
+
+def test_float32_matches_reference_within_tolerance():
+    fast, reference = _pair(2)
+    fast, reference = fast.float().eval(), reference.float().eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_applies_after_the_fused_convolution():
+    fast, reference = _pair(2, dropout=0.3)
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    torch.manual_seed(1)
+    out_fast = fast.train()(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(out_fast, reference.train()(x))
+
+
+def test_torchscript_runs_the_reference_with_the_same_outputs():
+    net = CrossBasicUNet(features=SMALL).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(net)(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_matches_eager():
+    net = CrossBasicUNet(features=SMALL).eval()
+    x = torch.randn(1, 3, 32, 32)
+    compiled = torch.compile(net, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), net(x), rtol=1e-4, atol=1e-5)
