@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xunet_bundle import CrossBasicUNet  # noqa: E402
-from xunet_bundle.runtime import cpu_supports_bf16  # noqa: E402
+from xunet_bundle.runtime import cpu_supports_bf16, tune_glibc_malloc  # noqa: E402
 
 CASES = {
     "2d_b1": {"spatial_dims": 2, "batch": 1, "size": (256, 256), "in_channels": 3},
@@ -59,7 +59,14 @@ def _peak_rss_mb() -> float:
 
 
 def measure(
-    model: str, case: str, mode: str, repeats: int = 3, device: str = "cpu", bf16: bool = False, threads: int = 0
+    model: str,
+    case: str,
+    mode: str,
+    repeats: int = 3,
+    device: str = "cpu",
+    bf16: bool = False,
+    threads: int = 0,
+    mallopt: bool = False,
 ) -> None:
     """
     One measurement in this process; prints a JSON line. Called by :func:`main` in a fresh process.
@@ -73,7 +80,10 @@ def measure(
         device: ``cpu`` or ``cuda``.
         bf16: autocast to bfloat16.
         threads: torch intra-op threads (0: PyTorch's default).
+        mallopt: tune glibc malloc at run time (:func:`xunet_bundle.runtime.tune_glibc_malloc`), as the bundle does.
     """
+    if mallopt:
+        tune_glibc_malloc()
     if threads:
         torch.set_num_threads(threads)
     spec = CASES[case]
@@ -117,10 +127,18 @@ def measure(
 
 
 def _run_one(
-    model: str, case: str, mode: str, repeats: int, device: str, bf16: bool, threads: int, env: dict | None = None
+    model: str,
+    case: str,
+    mode: str,
+    repeats: int,
+    device: str,
+    bf16: bool,
+    threads: int,
+    env: dict | None = None,
+    mallopt: bool = False,
 ) -> dict:
     command = [sys.executable, __file__, "measure", model, case, mode, f"--repeats={repeats}", f"--device={device}"]
-    command += [f"--bf16={bf16}", f"--threads={threads}"]
+    command += [f"--bf16={bf16}", f"--threads={threads}", f"--mallopt={mallopt}"]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -170,16 +188,18 @@ def main(
         bf16_options = (False, True) if cpu_supports_bf16() else (False,)
         if len(bf16_options) == 1:
             print("\n# this CPU has no native bf16 (AVX512-BF16/AMX): bf16 autocast is emulated and not measured")
-        print("\n# CPU path, 2d_b4 train step: glibc malloc default vs tuned, fp32 vs bf16 autocast")
+        print("\n# CPU path, 2d_b4 train step: glibc malloc default, tuned by environment variables (env) or at run")
+        print("# time by the bundle (mallopt); fp32, and bf16 autocast where the CPU supports it")
         print("| model | malloc | dtype | seconds | ratio to BasicUNet default fp32 |")
         print("| --- | --- | --- | --- | --- |")
         reference = None
         for model in ("basicunet", "xunet_fast"):
-            for malloc, malloc_env in (("default", {}), ("tuned", TUNED_MALLOC)):
+            variants = (("default", {}, False), ("env", TUNED_MALLOC, False), ("mallopt", {}, True))
+            for malloc, malloc_env, mallopt in variants:
                 for bf16 in bf16_options:
                     if bf16 and malloc == "default":
                         continue
-                    r = _run_one(model, "2d_b4", "train", repeats, device, bf16, threads, malloc_env)
+                    r = _run_one(model, "2d_b4", "train", repeats, device, bf16, threads, malloc_env, mallopt)
                     reference = reference or r["seconds"]
                     dtype = "bf16" if bf16 else "fp32"
                     rows.append(

@@ -10,7 +10,7 @@ kernel taps that land on the same source position add up. Along each dimension t
 - the middle phases (only when ``s >= 3``) read ``p`` alone with ``w[0] + w[1] + w[2]``.
 
 So the whole result is a handful of small convolutions at the source's resolution with folded kernels, interleaved
-into the output by an index gather, instead of a 3x3 convolution over an ``s**spatial_dims`` times larger copy.
+into the output along phase axes, instead of a 3x3 convolution over an ``s**spatial_dims`` times larger copy.
 Zero padding agrees on both sides: a tap outside the upsampled map is a tap outside the source.
 """
 
@@ -21,7 +21,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-__all__ = ["add_conv_nearest_upsampled", "reference_conv_nearest_upsampled"]
+__all__ = ["add_conv_nearest_upsampled", "conv_nd", "reference_conv_nearest_upsampled"]
 
 FIRST, MIDDLE, LAST = 0, 1, 2
 
@@ -30,7 +30,8 @@ _EDGE_FOLD = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.
 _MIDDLE_FOLD = (((1.0, 1.0, 1.0),),)  # middle: 1 tap
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 0) -> torch.Tensor:
+def conv_nd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 0) -> torch.Tensor:
+    """A convolution in 1D, 2D or 3D, following the input's number of dimensions."""
     if x.dim() == 4:
         return F.conv2d(x, weight, bias, padding=padding)
     if x.dim() == 5:
@@ -40,7 +41,7 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
 
 def reference_conv_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, size: list[int]) -> torch.Tensor:
     """The straightforward form: resize ``x`` to ``size`` by nearest interpolation, then convolve (padding 1)."""
-    return _conv(F.interpolate(x, size=size, mode="nearest"), weight, padding=1)
+    return conv_nd(F.interpolate(x, size=size, mode="nearest"), weight, padding=1)
 
 
 def _fold_weight(weight: torch.Tensor, middle_dims: tuple[bool, ...]) -> torch.Tensor:
@@ -95,7 +96,7 @@ def _phase_blocks(x: torch.Tensor, weight: torch.Tensor, scale: int) -> dict[tup
         pads = []
         for middle in reversed(middle_dims):
             pads += [0, 0] if middle else [1, 1]
-        result = _conv(F.pad(x, pads), folded.reshape(-1, *folded.shape[2:]))
+        result = conv_nd(F.pad(x, pads), folded.reshape(-1, *folded.shape[2:]))
         result = result.view(x.shape[0], -1, out_chns, *result.shape[2:])
         edge_classes = [[MIDDLE] if middle else [FIRST, LAST] for middle in middle_dims]
         for index, combination in enumerate(itertools.product(*edge_classes)):

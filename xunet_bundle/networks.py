@@ -12,7 +12,7 @@ from monai.networks.layers.factories import Conv
 from monai.networks.nets.basic_unet import Down, TwoConv
 from monai.utils import ensure_tuple_rep
 
-from .fusion import add_conv_nearest_upsampled
+from .fusion import add_conv_nearest_upsampled, conv_nd
 
 __all__ = ["CrossBasicUNet", "UpCatAll", "match_spatial_size"]
 
@@ -34,13 +34,6 @@ def match_spatial_size(x: torch.Tensor, size: list[int]) -> torch.Tensor:
     if any(p != 0 for p in pads):
         x = F.pad(x, pads, mode="replicate")
     return x
-
-
-def conv_nd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """A 3x3 (3x3x3) convolution with padding 1 in 2D or 3D, following the input's dimensions."""
-    if x.dim() == 5:
-        return F.conv3d(x, weight, bias, padding=1)
-    return F.conv2d(x, weight, bias, padding=1)
 
 
 class UpCatAll(nn.Module):
@@ -129,7 +122,7 @@ class UpCatAll(nn.Module):
             same = list(feature.shape[2:]) == target_size
             shallow.append(feature if same else F.interpolate(feature, size=target_size, mode="nearest"))
         start = self.up_chns + sum(self.encoder_chns[: level + 1])
-        fused = conv_nd(torch.cat(shallow, dim=1), conv.weight[:, :start], conv.bias)
+        fused = conv_nd(torch.cat(shallow, dim=1), conv.weight[:, :start], conv.bias, padding=1)
         for feature, chns in zip(encoder_features[level + 1 :], self.encoder_chns[level + 1 :]):
             fused = add_conv_nearest_upsampled(fused, feature, conv.weight[:, start : start + chns])
             start += chns
