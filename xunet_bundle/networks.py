@@ -88,10 +88,10 @@ class UpCatAll(nn.Module):
         """
         target_size = list(encoder_features[level].shape[2:])
         x_up = match_spatial_size(self.upsample(x), target_size)
-        if self.fast and not torch.jit.is_scripting():
-            fused = self.fast_fused_conv(x_up, encoder_features, level)
-        else:
+        if torch.jit.is_scripting():
             fused = self.reference_fused_conv(x_up, encoder_features)
+        else:
+            fused = self.eager_fused_conv(x_up, encoder_features, level)
         return self.convs.conv_1(self.convs.conv_0.adn(fused))
 
     def reference_fused_conv(self, x_up: torch.Tensor, encoder_features: list[torch.Tensor]) -> torch.Tensor:
@@ -104,6 +104,13 @@ class UpCatAll(nn.Module):
         for feature in encoder_features:
             fused.append(F.interpolate(feature, size=target_size, mode="nearest"))
         return self.convs.conv_0.conv(torch.cat(fused, dim=1))
+
+    @torch.jit.unused
+    def eager_fused_conv(self, x_up: torch.Tensor, encoder_features: list[torch.Tensor], level: int) -> torch.Tensor:
+        """The fast form when enabled, except under ONNX export, whose tracer cannot give the folded kernels a shape."""
+        if self.fast and not torch.onnx.is_in_onnx_export():
+            return self.fast_fused_conv(x_up, encoder_features, level)
+        return self.reference_fused_conv(x_up, encoder_features)
 
     @torch.jit.unused
     def fast_fused_conv(self, x_up: torch.Tensor, encoder_features: list[torch.Tensor], level: int) -> torch.Tensor:
@@ -167,7 +174,8 @@ class CrossBasicUNet(nn.Module):
             upsample: upsampling mode, available options are ``"deconv"``, ``"pixelshuffle"``, ``"nontrainable"``.
             fast_fusion: compute the decoder's fused convolutions without resized copies of the deeper encoder
                 features (same parameters, same outputs, much less compute and memory). False runs the
-                straightforward formulation, kept as the reference. TorchScript always runs the reference.
+                straightforward formulation, kept as the reference. TorchScript and ONNX export always run the
+                reference.
         """
         super().__init__()
         fea = ensure_tuple_rep(features, 6)
