@@ -51,12 +51,14 @@ def _fold_weight(weight: torch.Tensor, middle_dims: tuple[bool, ...]) -> torch.T
     Returns ``(classes, out, in, *taps)``, classes in row-major order over the edge dimensions (first, last).
     """
     folded = weight
-    for dim, middle in enumerate(middle_dims):
-        fold = torch.tensor(_MIDDLE_FOLD if middle else _EDGE_FOLD, dtype=weight.dtype, device=weight.device)
-        # contract kernel axis 2 + 2 * dim (already folded axes come as (class, tap) pairs before it)
-        axis = 2 + 2 * dim
-        folded = torch.tensordot(folded, fold, dims=([axis], [2]))  # appends (class, tap) at the end
-        folded = folded.movedim((-2, -1), (axis, axis + 1))
+    # fold in the parameters' precision; under autocast the convolution itself then casts the folded kernel
+    with torch.autocast(weight.device.type, enabled=False):
+        for dim, middle in enumerate(middle_dims):
+            fold = torch.tensor(_MIDDLE_FOLD if middle else _EDGE_FOLD, dtype=weight.dtype, device=weight.device)
+            # contract kernel axis 2 + 2 * dim (already folded axes come as (class, tap) pairs before it)
+            axis = 2 + 2 * dim
+            folded = torch.tensordot(folded, fold, dims=([axis], [2]))  # appends (class, tap) at the end
+            folded = folded.movedim((-2, -1), (axis, axis + 1))
     out_chns, in_chns = weight.shape[:2]
     n = len(middle_dims)
     class_axes = [2 + 2 * d for d in range(n)]

@@ -7,7 +7,9 @@ import ctypes.util
 import logging
 import sys
 
-__all__ = ["cpu_supports_bf16", "tune_glibc_malloc"]
+import torch
+
+__all__ = ["autocast_on_cpu", "cpu_supports_bf16", "tune_glibc_malloc"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +67,30 @@ def cpu_supports_bf16() -> bool:
     except OSError:
         return False
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def autocast_on_cpu(network: torch.nn.Module, enabled: bool, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """
+    Run ``network``'s forward under bfloat16 autocast on CPUs that compute bf16 natively.
+
+    MONAI's trainers and evaluators autocast only on CUDA (``amp=True``); this gives the same switch a meaning on such
+    CPUs. Outputs are returned in float32, so losses and metrics are unchanged; parameters and the state_dict stay
+    float32. On CUDA, or on CPUs without native bf16 (where it would be many times slower), the network is returned
+    unchanged.
+
+    Args:
+        network: the network, already on ``device``.
+        enabled: the bundle's ``amp`` switch.
+        device: the device the network runs on.
+    """
+    if not enabled or torch.device(device).type != "cpu" or not cpu_supports_bf16():
+        return network
+    forward = network.forward
+
+    def bf16_forward(*args, **kwargs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return forward(*args, **kwargs).float()
+
+    network.forward = bf16_forward
+    logger.info("amp: bfloat16 autocast on CPU")
+    return network

@@ -1,0 +1,42 @@
+"""CPU runtime settings: glibc malloc tuning and the amp switch's bf16 autocast on CPU."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import xunet_bundle.runtime as runtime
+from xunet_bundle import CrossBasicUNet
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning applies to Linux only")
+def test_tune_glibc_malloc_applies_on_linux():
+    assert runtime.tune_glibc_malloc() is True
+
+
+def test_amp_on_cpu_autocasts_to_bf16_where_supported(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    torch.manual_seed(0)
+    net = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+    dtypes = []
+    net.final_conv.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    wrapped = runtime.autocast_on_cpu(net, enabled=True, device="cpu")
+    with torch.no_grad():
+        out = wrapped(x)
+    assert dtypes == [torch.bfloat16] and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0.1, atol=0.1)
+    assert all(p.dtype == torch.float32 for p in wrapped.state_dict().values())
+
+
+@pytest.mark.parametrize(
+    "enabled, device, supported", [(False, "cpu", True), (True, "cpu", False), (True, "meta", True)]
+)
+def test_amp_leaves_the_network_alone_otherwise(monkeypatch, enabled, device, supported):
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: supported)
+    net = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8))
+    assert "forward" not in vars(runtime.autocast_on_cpu(net, enabled=enabled, device=device))
