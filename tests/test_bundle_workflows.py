@@ -51,11 +51,18 @@ def test_training_keeps_a_tensor_only_best_checkpoint(trained):
     assert list(trained.glob("tensorboard/events.out.tfevents.*"))
     assert [p.name for p in (trained / "checkpoints").iterdir()] == ["checkpoint_epoch=2.pt"]
     resume_state = torch.load(trained / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
-    assert set(resume_state) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert set(resume_state) == {"model", "optimizer", "lr_scheduler", "trainer", "best_model_tracker"}
     assert resume_state["trainer"]["iteration"] == 2 * resume_state["trainer"]["epoch_length"]
 
 
+def best_score(checkpoint: Path) -> float:
+    """The validation Dice of the best model so far, as recorded in a resume checkpoint."""
+    (saved,) = torch.load(checkpoint, weights_only=True)["best_model_tracker"]["_saved"]
+    return saved[0]
+
+
 def test_training_resumes_from_its_last_checkpoint(trained, demo_dir):
+    best_before = best_score(trained / "checkpoints" / "checkpoint_epoch=2.pt")
     result = bundle(
         "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(trained),
         "--ckpt_dir", str(trained / "models"), "--epochs", "3", "--num_workers", "0", "--progress", "False",
@@ -65,6 +72,8 @@ def test_training_resumes_from_its_last_checkpoint(trained, demo_dir):
     assert "resuming from iteration" in log and "epoch 2 until 3 epochs" in log
     assert "Epoch: 1/3" not in log and "Epoch: 3/3" in log
     assert Path(latest_checkpoint(trained / "checkpoints")).name == "checkpoint_epoch=3.pt"
+    # the best-model tracking survives the restart: model.pt is only replaced by a better epoch
+    assert best_score(trained / "checkpoints" / "checkpoint_epoch=3.pt") >= best_before > 0
 
 
 def test_resume_without_checkpoint_fails_clearly(demo_dir, tmp_path):
