@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 from ignite.handlers import ProgressBar
-from monai.handlers import from_engine
+from monai.handlers import CheckpointSaver, from_engine
 
-__all__ = ["LossProgressBar", "attach_handlers", "check_output_dirs", "latest_checkpoint"]
+__all__ = ["AtomicCheckpointSaver", "LossProgressBar", "attach_handlers", "check_output_dirs", "latest_checkpoint"]
 
 _CHECKPOINT_NUMBER = re.compile(r"=(\d+)\.pt$")
 
@@ -73,3 +73,19 @@ class LossProgressBar(ProgressBar):
         """
         kwargs.setdefault("output_transform", from_engine(["loss"], first=True))
         super().attach(engine, **kwargs)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """
+    MONAI's ``CheckpointSaver`` writing every file atomically: the checkpoint goes to a temporary file in the same
+    folder, which then replaces the target, so a run killed during a save never leaves a truncated ``model.pt``.
+
+    MONAI turns Ignite's atomic mode off because older Ignite releases left such files readable by their owner only;
+    Ignite 0.5 restores group and other read permission after the rename. Arguments are those of ``CheckpointSaver``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True

@@ -1,0 +1,48 @@
+"""Checkpoint helpers: atomic saves and finding the checkpoint to resume from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from xunet_bundle.training import AtomicCheckpointSaver, latest_checkpoint
+
+
+def _engine_with_saver(folder: Path, net: torch.nn.Module) -> Engine:
+    engine = Engine(lambda engine, batch: None)
+    AtomicCheckpointSaver(save_dir=str(folder), save_dict={"model": net}, save_interval=1, n_saved=1).attach(engine)
+    return engine
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    net = torch.nn.Linear(3, 2)
+    _engine_with_saver(tmp_path, net).run([0], max_epochs=1)
+    (first,) = tmp_path.iterdir()
+    before = first.read_bytes()
+    assert oct(first.stat().st_mode & 0o044) == oct(0o044)  # readable by group and others, as a plain save
+
+    def killed_while_writing(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_while_writing)
+    engine = _engine_with_saver(tmp_path, net)
+    engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "epoch", 0))
+    with pytest.raises(KeyboardInterrupt):
+        engine.run([0], max_epochs=1)
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial file, no temporary left
+    assert first.read_bytes() == before
+    torch.load(first, weights_only=True)
+
+
+def test_latest_checkpoint_picks_the_highest_number(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint_"):
+        latest_checkpoint(tmp_path)
+    for name in ("checkpoint_epoch=2.pt", "checkpoint_epoch=10.pt", "checkpoint_epoch=9.pt", "other.pt"):
+        (tmp_path / name).write_bytes(b"")
+    os.utime(tmp_path / "checkpoint_epoch=2.pt")
+    assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_epoch=10.pt"
