@@ -107,3 +107,28 @@ def test_check_case_accepts_valid_cases_and_unlabelled_images():
     case = _case()
     assert CheckCased()(case)["image"] is case["image"]
     assert CheckCased(label_key=None)({"image": case["image"]})["image"] is case["image"]
+
+
+def test_segmentation_writer_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
+    import nibabel as nib
+
+    from xunet_bundle.data import AtomicNibabelWriter
+
+    def writer() -> AtomicNibabelWriter:  # MONAI's writers hold one image each
+        w = AtomicNibabelWriter()
+        w.set_data_array(torch.ones(1, 4, 4, 4), channel_dim=0)
+        w.set_metadata({"affine": np.eye(4)})
+        return w
+
+    writer().write(tmp_path / "done_seg.nii.gz")
+    assert nib.load(tmp_path / "done_seg.nii.gz").shape == (4, 4, 4)
+    assert (tmp_path / "done_seg.nii.gz").stat().st_mode & 0o044 == 0o044
+
+    def interrupted_save(image, filename):
+        Path(filename).write_bytes(b"truncated")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nib, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        writer().write(tmp_path / "cut_seg.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done_seg.nii.gz"]

@@ -7,15 +7,19 @@ import os
 import random
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from monai.data import NibabelWriter
 
 __all__ = [
     "LGG_AFFINE",
+    "AtomicNibabelWriter",
     "DataError",
+    "atomic_path",
     "atomic_write_json",
     "find_volumes",
     "load_split",
@@ -40,6 +44,29 @@ class DataError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """
+    Yield a temporary path beside ``path`` to write to; on success it replaces ``path`` (with the permissions a new
+    file would get), on failure it is removed. A reader never sees a half-written ``path``.
+
+    Args:
+        path: the final destination; its suffixes (``.nii.gz``) are kept so writers pick the right format.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> None:
     """
     Write ``array`` as a NIfTI file atomically: a reader sees either the previous file or the complete new one.
@@ -49,33 +76,36 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) 
         affine: 4x4 voxel-to-world (RAS) matrix.
         path: destination, ``.nii`` or ``.nii.gz``.
     """
-    path = Path(path)
     image = nib.Nifti1Image(array, affine)
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(data: object, path: str | os.PathLike) -> None:
     """Write ``data`` as JSON (indented 4 spaces) atomically to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=4)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=4) + "\n")
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """
+    MONAI's ``NibabelWriter`` writing through :func:`atomic_path`, for ``SaveImaged(writer=...)``: an interrupted
+    inference leaves no truncated segmentation under its final name.
+    """
+
+    def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs) -> None:
+        """
+        Args:
+            filename: destination file.
+            verbose: log the progress.
+            obj_kwargs: passed to ``NibabelWriter.write``.
+        """
+        Path(filename).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(filename) as tmp:
+            super().write(tmp, verbose=verbose, **obj_kwargs)
 
 
 def split_patients(
