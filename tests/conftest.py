@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,22 @@ def require_shared(path: Path) -> Path:
     if os.environ.get("XUNET_REQUIRE_SHARED_DATA") == "1":
         pytest.fail(reason + " (XUNET_REQUIRE_SHARED_DATA=1 makes it mandatory)")
     pytest.skip(reason)
+
+
+def run_bundle(*args: str, nproc: int = 1, expect_success: bool = True) -> subprocess.CompletedProcess:
+    """
+    Run ``python -m monai.bundle ARGS`` from the bundle root, in ``nproc`` processes through ``torchrun`` when
+    ``nproc > 1``; by default fail the test with the command's output when it fails.
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "monai.bundle", *args]
+    if nproc > 1:
+        env["OMP_NUM_THREADS"] = "1"  # the processes share the machine's cores
+        command[1:1] = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
+    if expect_success:
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
 
 
 @pytest.fixture

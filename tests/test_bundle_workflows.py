@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import run_bundle
 
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.data import load_split
 from xunet_bundle.training import latest_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN = "configs/train.json"
 EVALUATE = "['configs/train.json','configs/evaluate.json']"
-
-
-def bundle(*args: str) -> subprocess.CompletedProcess:
-    """Run ``python -m monai.bundle`` from the bundle root and fail with its output if it fails."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True, env=env
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return result
 
 
 @pytest.fixture(scope="module")
 def trained(demo_dir, tmp_path_factory) -> Path:
     """A run of two epochs on the demo data; returns its output folder."""
     out = tmp_path_factory.mktemp("run")
-    bundle(
+    run_bundle(
         "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(out),
         "--ckpt_dir", str(out / "models"), "--epochs", "2", "--num_workers", "0", "--progress", "False",
     )  # fmt: skip
@@ -63,7 +50,7 @@ def best_score(checkpoint: Path) -> float:
 
 def test_training_resumes_from_its_last_checkpoint(trained, demo_dir):
     best_before = best_score(trained / "checkpoints" / "checkpoint_epoch=2.pt")
-    result = bundle(
+    result = run_bundle(
         "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(trained),
         "--ckpt_dir", str(trained / "models"), "--epochs", "3", "--num_workers", "0", "--progress", "False",
         "--resume", "True",
@@ -77,11 +64,9 @@ def test_training_resumes_from_its_last_checkpoint(trained, demo_dir):
 
 
 def test_resume_without_checkpoint_fails_clearly(demo_dir, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--dataset_dir",
-         str(demo_dir), "--output_dir", str(tmp_path), "--ckpt_dir", str(tmp_path / "m"), "--resume", "True"],
-        cwd=REPO_ROOT, capture_output=True, text=True, env=env,
+    result = run_bundle(
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(tmp_path),
+        "--ckpt_dir", str(tmp_path / "m"), "--resume", "True", expect_success=False,
     )  # fmt: skip
     assert result.returncode != 0
     assert "no checkpoint_*.pt to resume from" in result.stderr
@@ -89,7 +74,7 @@ def test_resume_without_checkpoint_fails_clearly(demo_dir, tmp_path):
 
 def test_evaluation_writes_per_patient_dice_and_hd95(trained, demo_dir):
     out = trained / "eval"
-    bundle(
+    run_bundle(
         "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(demo_dir), "--ckpt_dir",
         str(trained / "models"), "--output_dir", str(out), "--num_workers", "0",
     )  # fmt: skip
@@ -107,7 +92,7 @@ def test_evaluation_writes_per_patient_dice_and_hd95(trained, demo_dir):
 
 def test_inference_writes_one_segmentation_per_volume_with_its_geometry(trained, demo_dir):
     out = trained / "pred"
-    bundle(
+    run_bundle(
         "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(demo_dir / "imagesTr"),
         "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
     )  # fmt: skip
@@ -121,7 +106,7 @@ def test_inference_writes_one_segmentation_per_volume_with_its_geometry(trained,
 
 
 def test_basicunet_override_trains_with_the_same_pipeline(demo_dir, tmp_path):
-    bundle(
+    run_bundle(
         "run", "training", "--config_file", "['configs/train.json','configs/basicunet.json']", "--dataset_dir",
         str(demo_dir), "--output_dir", str(tmp_path), "--ckpt_dir", str(tmp_path / "models"), "--epochs", "1",
         "--num_workers", "0", "--progress", "False",

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_bundle
 
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.data import load_split
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def launch(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
-    command += ["-m", "monai.bundle", *args]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return result
 
 
 def read_metrics(folder: Path) -> dict[str, float]:
@@ -35,10 +22,10 @@ def read_metrics(folder: Path) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def ddp_run(demo_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    launch(
+    run_bundle(
         "run", "training", "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
         "--dataset_dir", str(demo_dir), "--output_dir", str(out), "--ckpt_dir", str(out / "models"),
-        "--epochs", "2", "--num_workers", "0", "--progress", "False", "--volumes_per_batch", "1",
+        "--epochs", "2", "--num_workers", "0", "--progress", "False", "--volumes_per_batch", "1", nproc=2,
     )  # fmt: skip
     return out
 
@@ -57,16 +44,14 @@ def test_ranks_share_the_data_and_write_one_checkpoint(demo_dir, ddp_run):
 def test_distributed_evaluation_matches_single_process(ddp_run, demo_dir):
     common = ["--dataset_dir", str(demo_dir), "--ckpt_dir", str(ddp_run / "models"), "--eval_subset", "all"]
     common += ["--num_workers", "0"]
-    launch(
+    run_bundle(
         "run", "evaluating", "--config_file",
         "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",
-        "--output_dir", str(ddp_run / "eval_ddp"), *common,
+        "--output_dir", str(ddp_run / "eval_ddp"), *common, nproc=2,
     )  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
-         "['configs/train.json','configs/evaluate.json']", "--output_dir", str(ddp_run / "eval_single"), *common],
-        cwd=REPO_ROOT, env=env, check=True, capture_output=True,
+    run_bundle(
+        "run", "evaluating", "--config_file", "['configs/train.json','configs/evaluate.json']",
+        "--output_dir", str(ddp_run / "eval_single"), *common,
     )  # fmt: skip
     distributed, single = read_metrics(ddp_run / "eval_ddp"), read_metrics(ddp_run / "eval_single")
     assert set(distributed) == set(single) and len(single) == 10
