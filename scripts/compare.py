@@ -1,0 +1,172 @@
+"""
+Turn the JSON records of LGG protocol runs (``benchmarks/lgg/run.sh``) into the results table and plots.
+
+For each network, a patient's Dice is the mean over that network's seeds; the table gives the mean, median and a
+bootstrap 95% confidence interval across test patients, and, against the baseline network, the per-patient paired
+difference with its paired bootstrap interval.
+
+Usage::
+
+    python scripts/compare.py --records benchmarks/lgg/records --out_dir benchmarks/lgg
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import fire
+import matplotlib
+import numpy as np
+from scipy import stats
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CONFIDENCE = 0.95
+
+
+def load_records(folder: str | Path) -> dict[str, list[dict]]:
+    """The records in ``folder`` grouped by network, each group sorted by seed."""
+    records = defaultdict(list)
+    for path in sorted(Path(folder).glob("*.json")):
+        record = json.loads(path.read_text())
+        missing = {"network", "seed", "test_dice", "test_hd95", "val_mean_dice", "train_loss", "epoch_length"}
+        missing -= set(record)
+        if missing:
+            raise ValueError(f"{path}: not a run record, missing {sorted(missing)}.")
+        record["path"] = str(path)
+        records[record["network"]].append(record)
+    if not records:
+        raise FileNotFoundError(f"{folder}: no run records (*.json).")
+    return {network: sorted(runs, key=lambda r: r["seed"]) for network, runs in records.items()}
+
+
+def per_patient(runs: list[dict], key: str) -> dict[str, float]:
+    """A metric per test patient, averaged over the runs (seeds); all runs must cover the same patients."""
+    patients = set(runs[0][key])
+    for run in runs[1:]:
+        if set(run[key]) != patients:
+            raise ValueError(f"{run['path']}: its test patients differ from those of {runs[0]['path']}.")
+    return {p: float(np.mean([run[key][p] for run in runs])) for p in sorted(patients)}
+
+
+def mean_interval(values: np.ndarray) -> tuple[float, float]:
+    """Bootstrap (BCa) 95% confidence interval of the mean of ``values``, resampling patients."""
+    if len(values) < 3 or np.ptp(values) == 0:
+        return float(np.mean(values)), float(np.mean(values))
+    result = stats.bootstrap((values,), np.mean, confidence_level=CONFIDENCE, n_resamples=10000, random_state=0)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def summary_rows(records: dict[str, list[dict]], baseline: str) -> list[str]:
+    """Markdown rows: per network, then the paired differences to ``baseline``."""
+    rows = [
+        "| network | seeds | mean Dice per seed | mean Dice | 95% CI | median Dice | mean HD95 | median HD95 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for network, runs in records.items():
+        dice = np.array(list(per_patient(runs, "test_dice").values()))
+        hd95 = np.array(list(per_patient(runs, "test_hd95").values()))
+        seed_means = ", ".join(f"{np.mean(list(run['test_dice'].values())):.3f}" for run in runs)
+        low, high = mean_interval(dice)
+        rows.append(
+            f"| {network} | {len(runs)} | {seed_means} | {dice.mean():.3f} | {low:.3f} - {high:.3f} | "
+            f"{np.median(dice):.3f} | {np.nanmean(hd95):.1f} | {np.nanmedian(hd95):.1f} |"
+        )
+    if baseline in records:
+        base = per_patient(records[baseline], "test_dice")
+        rows += [
+            "",
+            f"| paired difference (per patient) | mean | 95% CI (paired bootstrap) | patients better | p (Wilcoxon) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for network, runs in records.items():
+            if network == baseline:
+                continue
+            other = per_patient(runs, "test_dice")
+            if set(other) != set(base):
+                raise ValueError(f"{network} and {baseline} were tested on different patients.")
+            diff = np.array([other[p] - base[p] for p in base])
+            low, high = mean_interval(diff)
+            p_value = stats.wilcoxon(diff).pvalue if np.any(diff != 0) else 1.0
+            rows.append(
+                f"| {network} - {baseline} | {diff.mean():+.3f} | {low:+.3f} - {high:+.3f} | "
+                f"{int((diff > 0).sum())} of {len(diff)} | {p_value:.3f} |"
+            )
+    return rows
+
+
+def plot_learning_curves(records: dict[str, list[dict]], path: Path) -> None:
+    """Validation Dice and training loss per epoch of every run."""
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for color, (network, runs) in zip(colors, records.items()):
+        for i, run in enumerate(runs):
+            label = network if i == 0 else None
+            loss = np.array(run["train_loss"])
+            epochs = len(loss) // run["epoch_length"]
+            if epochs:
+                per_epoch = loss[: epochs * run["epoch_length"], 1].reshape(epochs, -1).mean(axis=1)
+                ax_loss.plot(np.arange(1, epochs + 1), per_epoch, color=color, alpha=0.8, label=label)
+            dice = np.array(run["val_mean_dice"])
+            if len(dice):
+                ax_dice.plot(dice[:, 0], dice[:, 1], "o-", color=color, alpha=0.8, label=label)
+    ax_loss.set(xlabel="epoch", ylabel="training loss (Dice + CE), epoch mean", title="Training loss")
+    ax_dice.set(xlabel="epoch", ylabel="Dice", title="Validation Dice (fold 0)")
+    for ax in (ax_loss, ax_dice):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_per_patient(records: dict[str, list[dict]], path: Path) -> None:
+    """Per-patient test Dice of every network (mean over seeds), patients sorted by the first network's Dice."""
+    networks = list(records)
+    dice = {network: per_patient(runs, "test_dice") for network, runs in records.items()}
+    patients = sorted(dice[networks[0]], key=dice[networks[0]].get)
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(patients)), 4))
+    width = 0.8 / len(networks)
+    for i, network in enumerate(networks):
+        positions = np.arange(len(patients)) + (i - (len(networks) - 1) / 2) * width
+        ax.bar(positions, [dice[network][p] for p in patients], width=width, label=network)
+    ax.set_xticks(np.arange(len(patients)), [p.removeprefix("TCGA_") for p in patients], rotation=70, fontsize=7)
+    ax.set(ylabel="Dice (mean over seeds)", ylim=(0, 1), title="Per-patient test Dice")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(records: str = "benchmarks/lgg/records", out_dir: str = "benchmarks/lgg", baseline: str = "basicunet") -> None:
+    """
+    Args:
+        records: folder of run records (``<network>_seed<seed>.json``).
+        out_dir: receives ``results.md``, ``learning_curves.png`` and ``per_patient_dice.png``.
+        baseline: network the others are compared with, patient by patient.
+    """
+    grouped = load_records(records)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summary_rows(grouped, baseline)
+    num_patients = len(next(iter(grouped.values()))[0]["test_dice"])
+    header = [
+        "# LGG protocol results",
+        "",
+        f"Generated by `python scripts/compare.py --records {records} --out_dir {out_dir}` from "
+        f"{sum(len(r) for r in grouped.values())} run records; {num_patients} test patients; Dice of the tumour "
+        "label per patient in 3D; HD95 in voxels; intervals are bootstrap (BCa) 95% intervals across patients.",
+        "",
+    ]
+    (out / "results.md").write_text("\n".join(header + rows) + "\n")
+    plot_learning_curves(grouped, out / "learning_curves.png")
+    plot_per_patient(grouped, out / "per_patient_dice.png")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

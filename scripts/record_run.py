@@ -1,0 +1,119 @@
+"""
+Write the JSON record of one LGG protocol run (``benchmarks/lgg/run.sh``): code version, commands, per-patient test
+metrics and the training curve read back from the run's TensorBoard events.
+
+Usage::
+
+    python scripts/record_run.py --run_dir runs/lgg/xunet_seed0 --network xunet --seed 0 --seconds 5400 \
+        --train_command "..." --eval_command "..." --out benchmarks/lgg/records/xunet_seed0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xunet_bundle.data import atomic_write_json  # noqa: E402
+from xunet_bundle.training import latest_checkpoint  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def current_commit() -> str:
+    """The checked-out commit, with ``-dirty`` appended when tracked files differ from it."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
+    return commit + ("-dirty" if dirty else "")
+
+
+def read_per_case(csv_path: Path) -> dict[str, float]:
+    """Per-case values of a MONAI ``MetricsSaver`` ``*_raw.csv``, keyed by the case's file name."""
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "filename" not in rows[0]:
+        raise ValueError(f"{csv_path}: not a MetricsSaver per-case table.")
+    return {Path(row["filename"]).name.split(".")[0]: float(row["mean"]) for row in rows}
+
+
+def read_curves(tensorboard_dir: Path) -> dict[str, list[list[float]]]:
+    """Every scalar of the run's TensorBoard events as ``{tag: [[step, value], ...]}``."""
+    accumulator = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [[e.step, e.value] for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def main(
+    run_dir: str,
+    network: str,
+    seed: int,
+    seconds: float,
+    train_command: str,
+    eval_command: str,
+    out: str,
+    git_commit: str | None = None,
+) -> None:
+    """
+    Args:
+        run_dir: the run's output folder (``tensorboard/``, ``eval/``).
+        network: name of the network trained.
+        seed: the run's seed.
+        seconds: wall-clock time of training and evaluation.
+        train_command: the training command line, as run.
+        eval_command: the evaluation command line, as run.
+        out: the JSON record to write.
+        git_commit: the commit the run started from (default: the one checked out now).
+    """
+    run_dir = Path(run_dir)
+    dice = read_per_case(run_dir / "eval" / "val_mean_dice_raw.csv")
+    hd95 = read_per_case(run_dir / "eval" / "val_hd95_raw.csv")
+    curves = read_curves(run_dir / "tensorboard")
+    trainer = torch.load(latest_checkpoint(run_dir / "checkpoints"), weights_only=True)["trainer"]
+    record = {
+        "network": network,
+        "seed": seed,
+        "git_commit": git_commit or current_commit(),
+        "train_command": train_command,
+        "eval_command": eval_command,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        },
+        "seconds": seconds,
+        "epochs": int(trainer["iteration"]) // int(trainer["epoch_length"]),
+        "epoch_length": int(trainer["epoch_length"]),
+        "test_dice": dice,
+        "test_hd95": hd95,
+        "train_loss": curves.get("train_loss", []),
+        "val_mean_dice": curves.get("val_mean_dice", []),
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, out)
+    print(f"wrote {out}: {len(dice)} test patients, mean Dice {sum(dice.values()) / len(dice):.4f}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--run_dir", required=True)
+    parser.add_argument("--network", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--train_command", required=True)
+    parser.add_argument("--eval_command", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--git_commit")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main(**vars(parse_args()))

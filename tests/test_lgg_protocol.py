@@ -1,0 +1,72 @@
+"""The LGG protocol scripts end to end on the demo data: a run per network, its JSON record, and the comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+
+NETWORKS = ("xunet", "basicunet")
+
+
+@pytest.fixture(scope="module")
+def records(demo_dir, tmp_path_factory) -> Path:
+    """Records of a one-epoch protocol run of each network on the demo data (already prepared, so reused)."""
+    work = tmp_path_factory.mktemp("lgg_protocol")
+    shutil.copytree(demo_dir, work / "data")
+    env = {**os.environ, "EPOCHS": "1", "VAL_INTERVAL": "1", "RECORDS_DIR": str(work / "records")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for network in NETWORKS:
+        result = subprocess.run(
+            ["bash", "benchmarks/lgg/run.sh", network, "3", "unused-source", str(work)],
+            cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work / "records"
+
+
+def test_record_holds_commands_curves_and_per_patient_metrics(records, demo_dir):
+    record = json.loads((records / "xunet_seed3.json").read_text())
+    test_patients = json.loads((demo_dir / "datalist.json").read_text())["testing"]
+    assert len(record["test_dice"]) == len(test_patients) == len(record["test_hd95"])
+    assert all(0.0 <= d <= 1.0 for d in record["test_dice"].values())
+    assert "--seed 3" in record["train_command"] and "configs/evaluate.json" in record["eval_command"]
+    assert len(record["git_commit"]) >= 40
+    assert record["epochs"] == 1 and len(record["train_loss"]) == record["epoch_length"]
+    assert [step for step, _ in record["val_mean_dice"]] == [1]
+
+
+def test_compare_tabulates_both_networks_with_paired_difference(records, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "scripts/compare.py", "--records", str(records), "--out_dir", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "results.md").read_text()
+    dice = {n: json.loads((records / f"{n}_seed3.json").read_text())["test_dice"] for n in NETWORKS}
+    for network in NETWORKS:
+        assert f"| {network} | 1 | {np.mean(list(dice[network].values())):.3f} |" in table
+    difference = np.mean([dice["xunet"][p] - dice["basicunet"][p] for p in dice["xunet"]])
+    assert f"| xunet - basicunet | {difference:+.3f} |" in table
+    for png in ("learning_curves.png", "per_patient_dice.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_refuses_records_of_different_patients(records, tmp_path):
+    for network in NETWORKS:
+        shutil.copy(records / f"{network}_seed3.json", tmp_path)
+    other = json.loads((tmp_path / "basicunet_seed3.json").read_text())
+    other["test_dice"].popitem()
+    (tmp_path / "basicunet_seed3.json").write_text(json.dumps(other))
+    result = subprocess.run(
+        [sys.executable, "scripts/compare.py", "--records", str(tmp_path), "--out_dir", str(tmp_path / "out")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0 and "different patients" in result.stderr
