@@ -79,7 +79,7 @@ def summary_rows(records: dict[str, list[dict]], baseline: str) -> list[str]:
         base = per_patient(records[baseline], "test_dice")
         rows += [
             "",
-            f"| paired difference (per patient) | mean | 95% CI (paired bootstrap) | patients better | p (Wilcoxon) |",
+            "| paired difference (per patient) | mean | 95% CI (paired bootstrap) | patients better | p (Wilcoxon) |",
             "| --- | --- | --- | --- | --- |",
         ]
         for network, runs in records.items():

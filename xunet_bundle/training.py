@@ -6,17 +6,26 @@ import os
 import re
 from pathlib import Path
 
+import torch
 from ignite.handlers import ProgressBar
 from monai.handlers import CheckpointSaver, from_engine
 
-__all__ = ["AtomicCheckpointSaver", "LossProgressBar", "attach_handlers", "check_output_dirs", "latest_checkpoint"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "LossProgressBar",
+    "MidEpochCheckpointSaver",
+    "attach_handlers",
+    "check_output_dirs",
+    "latest_checkpoint",
+]
 
-_CHECKPOINT_NUMBER = re.compile(r"=(\d+)\.pt$")
+_CHECKPOINT_NAME = re.compile(r"^checkpoint_(epoch|iteration)=\d+\.pt$")
 
 
 def latest_checkpoint(folder: str | os.PathLike) -> str:
     """
-    The most recent training checkpoint (``checkpoint_epoch=N.pt`` or ``checkpoint_iteration=N.pt``) in ``folder``.
+    The most advanced training checkpoint (``checkpoint_epoch=N.pt`` or ``checkpoint_iteration=N.pt``) in
+    ``folder``: the one whose saved trainer state has the highest iteration, the newest file on a tie.
 
     Args:
         folder: the folder the training checkpoints are saved in.
@@ -24,10 +33,16 @@ def latest_checkpoint(folder: str | os.PathLike) -> str:
     Raises:
         FileNotFoundError: when there is nothing to resume from.
     """
-    candidates = [p for p in Path(folder).glob("checkpoint_*.pt") if _CHECKPOINT_NUMBER.search(p.name)]
+    candidates = [p for p in Path(folder).glob("checkpoint_*.pt") if _CHECKPOINT_NAME.match(p.name)]
     if not candidates:
         raise FileNotFoundError(f"{folder}: no checkpoint_*.pt to resume from; train without --resume first.")
-    return str(max(candidates, key=lambda p: (int(_CHECKPOINT_NUMBER.search(p.name).group(1)), p.stat().st_mtime)))
+
+    def progress(path: Path) -> tuple[int, float]:
+        # mmap reads only the trainer's few numbers, not the weights
+        trainer = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["trainer"]
+        return int(trainer["iteration"]), path.stat().st_mtime
+
+    return str(max(candidates, key=progress))
 
 
 def check_output_dirs(*folders: str | os.PathLike) -> None:
@@ -89,3 +104,21 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True
+
+
+class MidEpochCheckpointSaver(AtomicCheckpointSaver):
+    """
+    An iteration-level :class:`AtomicCheckpointSaver` (``epoch_level=False``) that skips the last iteration of each
+    epoch, so that a run killed in the middle of a long epoch resumes from at most ``save_interval`` iterations back.
+
+    The epoch's own checkpoint is left to the epoch-level saver, which runs after validation and so also records the
+    epoch's validation result for the best-model tracker. Arguments are those of ``CheckpointSaver``.
+    """
+
+    def interval_completed(self, engine) -> None:
+        """
+        Args:
+            engine: the trainer.
+        """
+        if engine.state.iteration % engine.state.epoch_length != 0:
+            super().interval_completed(engine)
