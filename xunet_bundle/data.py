@@ -7,7 +7,7 @@ import os
 import random
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,7 +36,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 class DataError(ValueError):
-    """An input file or dataset that cannot be used; the message names the file and the problem."""
+    """A file or folder a run cannot use (bad input data, an unwritable output folder); the message names it."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
         self.path = str(path)
@@ -95,6 +95,32 @@ class AtomicNibabelWriter(NibabelWriter):
     MONAI's ``NibabelWriter`` writing through :func:`atomic_path`, for ``SaveImaged(writer=...)``: an interrupted
     inference leaves no truncated segmentation under its final name.
     """
+
+    def set_metadata(self, meta_dict: Mapping | None = None, resample: bool = True, **options) -> None:
+        """
+        MONAI's ``set_metadata``, keeping single-slice volumes 3D: ``SaveImage`` squeezes trailing singleton
+        dimensions, which would turn a ``rows x cols x 1`` segmentation into a 2D image.
+
+        Args:
+            meta_dict: metadata of the image (``affine``, ``spatial_shape``...).
+            resample: resample to the original affine.
+            options: passed to ``NibabelWriter.set_metadata``.
+        """
+        super().set_metadata(meta_dict, resample=resample, **options)
+        spatial_shape = tuple(int(s) for s in (meta_dict or {}).get("spatial_shape", ()))
+        data = self.data_obj
+        if len(spatial_shape) > data.ndim and data.shape == spatial_shape[: data.ndim]:
+            self.data_obj = data.reshape(spatial_shape)
+
+    @classmethod
+    def resample_if_needed(cls, data_array, affine=None, target_affine=None, output_spatial_shape=None, **kwargs):
+        """
+        MONAI's ``resample_if_needed``, returning the data unchanged when there is nothing to resample (MONAI's
+        resampler fails on the 2D array of a squeezed single-slice volume).
+        """
+        if target_affine is None and output_spatial_shape is None:
+            return data_array, affine
+        return super().resample_if_needed(data_array, affine, target_affine, output_spatial_shape, **kwargs)
 
     def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs) -> None:
         """
@@ -160,6 +186,8 @@ def load_split(datalist: str | os.PathLike, subset: str, fold: int = 0) -> list[
         training, testing = content["training"], content.get("testing", [])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(datalist, f"not a valid datalist ({e}).") from e
+    if subset in ("train", "validation") and not training:
+        raise DataError(datalist, f"the '{subset}' subset is empty: the datalist lists no training cases.")
     folds = sorted({item["fold"] for item in training})
     if subset in ("train", "validation") and fold not in folds:
         raise DataError(datalist, f"fold {fold} is not in the datalist (folds: {folds}).")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 
 import torch
 
-__all__ = ["autocast_on_cpu", "cpu_supports_bf16", "tune_glibc_malloc"]
+from .data import DataError
+
+__all__ = ["autocast_on_cpu", "cpu_supports_bf16", "report_data_errors_briefly", "tune_glibc_malloc"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,3 +97,29 @@ def autocast_on_cpu(network: torch.nn.Module, enabled: bool, device: torch.devic
     network.forward = bf16_forward
     logger.info("amp: bfloat16 autocast on CPU")
     return network
+
+
+def report_data_errors_briefly() -> None:
+    """
+    Make a run that stops on a :class:`~xunet_bundle.data.DataError` end with that error's one line (``error: <file>:
+    <problem>``) on stderr instead of a traceback through MONAI's config machinery, which wraps the error in
+    ``RuntimeError: Failed to evaluate ...``. Other exceptions, and every exception when the environment variable
+    ``XUNET_TRACEBACK=1`` is set, keep Python's usual report. It only changes ``sys.excepthook``, which applies to
+    exceptions nothing caught; code that calls the bundle in-process sees the exception as usual.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "reports_data_errors", False):
+        return
+
+    def hook(exc_type, exc, traceback) -> None:
+        cause, seen = exc, set()
+        while cause is not None and not isinstance(cause, DataError) and id(cause) not in seen:
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, DataError) and os.environ.get("XUNET_TRACEBACK") != "1":
+            print(f"error: {cause}", file=sys.stderr)
+        else:
+            previous(exc_type, exc, traceback)
+
+    hook.reports_data_errors = True
+    sys.excepthook = hook

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import torch
 from ignite.handlers import ProgressBar
 from monai.handlers import CheckpointSaver, from_engine
+
+from .data import DataError
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -17,6 +20,7 @@ __all__ = [
     "attach_handlers",
     "check_output_dirs",
     "latest_checkpoint",
+    "require_checkpoint",
 ]
 
 _CHECKPOINT_NAME = re.compile(r"^checkpoint_(epoch|iteration)=\d+\.pt$")
@@ -45,6 +49,19 @@ def latest_checkpoint(folder: str | os.PathLike) -> str:
     return str(max(candidates, key=progress))
 
 
+def require_checkpoint(path: str | os.PathLike) -> str:
+    """
+    Return ``path`` if the model weights are there, so that evaluation and inference stop before reading any data
+    when they are not.
+
+    Args:
+        path: the model weights (``model.pt``).
+    """
+    if not Path(path).is_file():
+        raise DataError(path, "model weights not found: train first, or point --ckpt_dir to a folder with model.pt.")
+    return str(path)
+
+
 def check_output_dirs(*folders: str | os.PathLike) -> None:
     """
     Create the output folders and check that they are writable, so that a run fails at once with a clear message
@@ -58,9 +75,12 @@ def check_output_dirs(*folders: str | os.PathLike) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise PermissionError(f"{folder}: cannot create the output folder ({e.strerror}).") from e
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(f"{folder}: the output folder is not writable.")
+            raise DataError(folder, f"cannot create the output folder ({e.strerror}).") from e
+        try:  # a real write: permission bits alone do not tell (root, read-only mounts, ACLs)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise DataError(folder, f"the output folder is not writable ({e.strerror}).") from e
 
 
 def attach_handlers(engine, handlers: list) -> None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform
 
 from .data import DataError
 
-__all__ = ["CheckCased"]
+__all__ = ["CheckCased", "check_cases"]
 
 
 def source_file(data: object) -> str:
@@ -21,6 +23,12 @@ def source_file(data: object) -> str:
         if name:
             return str(name)
     return "<unknown file>"
+
+
+def _has_no_channel_axis(image: torch.Tensor) -> bool:
+    """Whether the file an image was loaded from stored no channel axis (MONAI marks it "no_channel" or NaN)."""
+    channel_dim = image.meta.get("original_channel_dim") if isinstance(image, MetaTensor) else None
+    return channel_dim == "no_channel" or (isinstance(channel_dim, float) and math.isnan(channel_dim))
 
 
 class CheckCased(MapTransform):
@@ -69,7 +77,13 @@ class CheckCased(MapTransform):
                 f"got an array of shape {tuple(image.shape)} (channel first).",
             )
         if image.shape[0] != self.num_channels:
-            raise DataError(name, f"expected {self.num_channels} image channels, got {image.shape[0]}.")
+            problem = f"expected {self.num_channels} image channels, got {image.shape[0]}"
+            if _has_no_channel_axis(image) and image.shape[-1] == self.num_channels:
+                problem += (
+                    f"; the file holds an array of shape {tuple(image.shape[1:])}, which looks like a single 2D slice "
+                    f"with its channels last: store it as rows x cols x 1 x {self.num_channels} (one-slice volume)"
+                )
+            raise DataError(name, problem + ".")
         if image.is_floating_point() and not bool(torch.isfinite(image).all()):
             raise DataError(name, "image contains NaN or infinite intensities.")
         label = d.get(self.label_key) if self.label_key is not None else None
@@ -89,3 +103,42 @@ class CheckCased(MapTransform):
                     label_name, f"label values must be integers in 0..{self.num_classes - 1}, found {invalid}."
                 )
         return d
+
+
+def check_cases(
+    cases: Sequence[Mapping[str, str]],
+    num_channels: int = 3,
+    num_classes: int = 2,
+    image_key: str = "image",
+    label_key: str = "label",
+) -> None:
+    """
+    Read every case once before a run starts, so that a bad file stops the run at once with a single
+    :class:`~xunet_bundle.data.DataError` naming the file and the problem, before any output is written (inside a
+    dataset, MONAI would report it wrapped in a transform error, and possibly after hours of training).
+
+    Args:
+        cases: items of a datalist, ``{"image": path, "label": path}`` (the label is optional).
+        num_channels: expected number of image channels.
+        num_classes: labels must lie in ``0 .. num_classes - 1``.
+        image_key: key of the image path.
+        label_key: key of the label path.
+    """
+    load = LoadImage(image_only=True)
+    channel_first = EnsureChannelFirst()
+    check = CheckCased(image_key, label_key, num_channels=num_channels, num_classes=num_classes)
+    for case in cases:
+        loaded = {}
+        for key in (image_key, label_key):
+            if key not in case:
+                continue
+            path = Path(case[key])
+            if not path.is_file():
+                raise DataError(path, f"{key} file not found.")
+            try:
+                loaded[key] = channel_first(load(path))
+            except Exception as e:  # readers raise anything from EOFError to zlib.error on damaged files
+                raise DataError(path, f"cannot read the {key} ({type(e).__name__}: {e}).") from e
+        if image_key not in loaded:
+            raise DataError("<datalist>", f"a case has no {image_key!r} entry: {dict(case)}.")
+        check(loaded)
