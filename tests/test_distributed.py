@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_bundle
+from conftest import REPO_ROOT, run_bundle
 
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.data import load_split
+
+MULTI_GPU_TRAIN = REPO_ROOT / "configs" / "multi_gpu_train.json"
 
 
 def read_metrics(folder: Path) -> dict[str, float]:
@@ -22,8 +25,17 @@ def read_metrics(folder: Path) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def ddp_run(demo_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
+    record_inputs = out / "record_inputs.json"  # adds tests/rank_recorder.py's handler on every rank
+    record_inputs.write_text(
+        json.dumps(
+            {
+                "input_recorder": {"_target_": "rank_recorder.InputRecorder", "folder": "@output_dir"},
+                "run": ["$@input_recorder.attach(@train#trainer)"] + json.loads(MULTI_GPU_TRAIN.read_text())["run"],
+            }
+        )
+    )
     run_bundle(
-        "run", "training", "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
+        "run", "training", "--config_file", f"['configs/train.json','configs/multi_gpu_train.json','{record_inputs}']",
         "--dataset_dir", str(demo_dir), "--output_dir", str(out), "--ckpt_dir", str(out / "models"),
         "--epochs", "2", "--num_workers", "0", "--progress", "False", "--volumes_per_batch", "1", nproc=2,
     )  # fmt: skip
@@ -39,6 +51,19 @@ def test_ranks_share_the_data_and_write_one_checkpoint(demo_dir, ddp_run):
     assert [p.name for p in (ddp_run / "checkpoints").iterdir()] == ["checkpoint_epoch=2.pt"]
     state = torch.load(ddp_run / "models" / "model.pt", weights_only=True)
     CrossBasicUNet().load_state_dict(state, strict=True)  # saved without DistributedDataParallel's "module." prefix
+
+
+def test_ranks_saw_disjoint_shares_of_the_training_volumes(demo_dir, ddp_run):
+    train = {Path(item["image"]).name for item in load_split(demo_dir / "datalist.json", "train", 0)}
+    ranks = [json.loads((ddp_run / f"inputs_rank{r}.json").read_text()) for r in range(2)]
+    assert set(ranks[0]) == set(ranks[1]) == {"1", "2"}
+    padding = -len(train) % 2  # DistributedSampler repeats volumes to give every rank as many
+    for epoch in ("1", "2"):
+        seen = [ranks[r][epoch] for r in range(2)]
+        assert len(seen[0]) == len(seen[1]) == math.ceil(len(train) / 2)
+        assert set(seen[0]) | set(seen[1]) == train
+        assert len(set(seen[0]) & set(seen[1])) == padding
+    assert ranks[0]["1"] != ranks[0]["2"]  # reshuffled every epoch (set_epoch)
 
 
 def test_distributed_evaluation_matches_single_process(ddp_run, demo_dir):
