@@ -5,7 +5,7 @@ metrics and the training curve read back from the run's TensorBoard events.
 Usage::
 
     python scripts/record_run.py --run_dir runs/lgg/xunet_seed0 --network xunet --seed 0 --seconds 5400 \
-        --train_command "..." --eval_command "..." --out benchmarks/lgg/records/xunet_seed0.json
+        --eval_command "..." --out benchmarks/lgg/records/xunet_seed0.json
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ def read_per_case(csv_path: Path) -> dict[str, float]:
     return {Path(row["filename"]).name.split(".")[0]: float(row["mean"]) for row in rows}
 
 
+def read_commands(log: Path) -> list[str]:
+    """The training commands of the run, one per sitting, as ``run.sh`` logged them (time stamp first)."""
+    if not log.is_file():
+        raise ValueError(f"{log}: no command log; runs are started with benchmarks/lgg/run.sh.")
+    return [line for line in log.read_text().splitlines() if line.strip()]
+
+
 def read_curves(tensorboard_dir: Path) -> dict[str, list[list[float]]]:
     """Every scalar of the run's TensorBoard events as ``{tag: [[step, value], ...]}``."""
     accumulator = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
@@ -56,7 +63,6 @@ def main(
     network: str,
     seed: int,
     seconds: float,
-    train_command: str,
     eval_command: str,
     out: str,
     git_commit: str | None = None,
@@ -67,7 +73,6 @@ def main(
         network: name of the network trained.
         seed: the run's seed.
         seconds: wall-clock time of training and evaluation.
-        train_command: the training command line, as run.
         eval_command: the evaluation command line, as run.
         out: the JSON record to write.
         git_commit: the commit the run started from (default: the one checked out now).
@@ -81,7 +86,7 @@ def main(
         "network": network,
         "seed": seed,
         "git_commit": git_commit or current_commit(),
-        "train_command": train_command,
+        "train_commands": read_commands(run_dir / "commands.log"),
         "eval_command": eval_command,
         "machine": {
             "platform": platform.platform(),
@@ -108,7 +113,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--network", required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--seconds", type=float, required=True)
-    parser.add_argument("--train_command", required=True)
     parser.add_argument("--eval_command", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--git_commit")

@@ -37,7 +37,8 @@ def test_record_holds_commands_curves_and_per_patient_metrics(records, demo_dir)
     test_patients = json.loads((demo_dir / "datalist.json").read_text())["testing"]
     assert len(record["test_dice"]) == len(test_patients) == len(record["test_hd95"])
     assert all(0.0 <= d <= 1.0 for d in record["test_dice"].values())
-    assert "--seed 3" in record["train_command"] and "configs/evaluate.json" in record["eval_command"]
+    (command,) = record["train_commands"]
+    assert "--seed 3" in command and "configs/evaluate.json" in record["eval_command"]
     assert len(record["git_commit"]) >= 40
     assert record["epochs"] == 1 and len(record["train_loss"]) == record["epoch_length"]
     assert [step for step, _ in record["val_mean_dice"]] == [1]

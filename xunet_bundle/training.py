@@ -15,6 +15,7 @@ from .data import DataError
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "FinalModelSaver",
     "LossProgressBar",
     "MidEpochCheckpointSaver",
     "attach_handlers",
@@ -142,3 +143,20 @@ class MidEpochCheckpointSaver(AtomicCheckpointSaver):
         """
         if engine.state.iteration % engine.state.epoch_length != 0:
             super().interval_completed(engine)
+
+
+class FinalModelSaver(AtomicCheckpointSaver):
+    """
+    Save the model when training completes (``save_final=True``), for runs without validation data, where the
+    best-model saver never fires: MONAI Label's default split leaves validation empty with one or two labelled volumes.
+    Unlike MONAI's ``CheckpointSaver``, it saves nothing when training fails, so the previous weights stay in place.
+    Arguments are those of ``CheckpointSaver``.
+    """
+
+    def exception_raised(self, engine, e: Exception) -> None:
+        """
+        Args:
+            engine: the trainer.
+            e: the exception, raised again.
+        """
+        raise e
