@@ -31,16 +31,22 @@ from monai.bundle import ConfigParser, ckpt_export, onnx_export, verify_metadata
 NECESSARY_FILES = ("configs/metadata.json", "LICENSE")
 PREFERRED_FILES = ("models/model.pt", "configs/inference.json")
 MAX_FILE_BYTES = 1_000_000  # the zoo's limit outside models/ (large files go through large_files.yml)
-SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "runs", "eval", "data"}
+SKIPPED_DIRS = {"__pycache__", "runs", "eval", "data", "dist"}
 CODE_DIRS = ("xunet_bundle", "scripts", "tests")
 
 
 def bundle_files(root: Path) -> list[Path]:
-    """The files of the bundle, without version control, environments, caches and run outputs."""
+    """
+    The files of the bundle: those git tracks in a checkout; otherwise every file but hidden folders, environments,
+    caches and run outputs.
+    """
+    if (root / ".git").exists():
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True, check=True)
+        return [root / name for name in listed.stdout.split("\0") if name and (root / name).is_file()]
     files = []
     for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if path.is_file() and not SKIPPED_DIRS & set(relative.parts[:-1]):
+        folders = path.relative_to(root).parts[:-1]
+        if path.is_file() and not SKIPPED_DIRS & set(folders) and not any(f.startswith(".") for f in folders):
             files.append(path)
     return files
 
@@ -167,7 +173,7 @@ def check_file_sizes(root: Path) -> None:
         if p.stat().st_size > MAX_FILE_BYTES and p.relative_to(root).parts[0] != "models"
     ]
     if large:
-        raise AssertionError(f"files over 1 MB outside models/: {large}")
+        raise AssertionError(f"files over 1 MB outside models/: {large[:10]}" + (" ..." if len(large) > 10 else ""))
 
 
 def main(bundle_root: str = ".", schema: str = "../shared/reference/meta_schema_20240725.json") -> None:

@@ -1,0 +1,56 @@
+"""scripts/verify_zoo.py: the Model Zoo's checks pass on this bundle and catch what the zoo's CI would reject."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+CONTENT = ("configs", "models", "docs", "xunet_bundle", "scripts", "tests", "LICENSE")
+
+
+def verify(bundle_root: Path, schema: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "verify_zoo.py"), "--bundle_root", str(bundle_root),
+         "--schema", str(schema)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def weights() -> Path:
+    path = REPO_ROOT / "models" / "model.pt"
+    if not path.is_file():
+        pytest.skip(f"{path} is not there: the zoo's checks export the shipped weights")
+    return path
+
+
+def test_bundle_passes_the_zoo_checks(weights, schema_path):
+    result = verify(REPO_ROOT, schema_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "all 9 checks passed" in result.stdout
+
+
+def test_zoo_checks_report_each_problem(weights, schema_path, tmp_path):
+    for entry in CONTENT:
+        source = REPO_ROOT / entry
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / entry, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, tmp_path / entry)
+    (tmp_path / "LICENSE").unlink()
+    meta = json.loads((tmp_path / "configs" / "metadata.json").read_text())
+    meta["version"] = "9.9.9"  # not in the changelog
+    (tmp_path / "configs" / "metadata.json").write_text(json.dumps(meta))  # nor indented 4 spaces
+    (tmp_path / "docs" / "big.bin").write_bytes(b"\0" * 1_100_000)
+    result = verify(tmp_path, schema_path)
+    assert result.returncode != 0
+    for failure in ("FAILED  files: missing files: ['LICENSE']", "FAILED  changelog", "FAILED  JSON format",
+                    "FAILED  file sizes: files over 1 MB outside models/: ['docs/big.bin"):  # fmt: skip
+        assert failure in result.stdout, result.stdout
+    assert "ok      TorchScript export" in result.stdout and "ok      ONNX export" in result.stdout
