@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_bundle
+from scipy import ndimage
 
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.data import load_split
@@ -114,3 +115,22 @@ def test_basicunet_override_trains_with_the_same_pipeline(demo_dir, tmp_path):
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert "upcat_1.convs.conv_0.conv.weight" in state
     assert state["upcat_1.convs.conv_0.conv.weight"].shape[1] == 64  # BasicUNet's single skip: 32 + 32 channels
+
+
+def test_largest_component_option_leaves_one_tumour_component(trained, demo_dir):
+    out = {}
+    for largest in ("False", "True"):
+        out[largest] = trained / f"pred_largest_{largest}"
+        run_bundle(
+            "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(demo_dir / "imagesTr"),
+            "--ckpt_dir", str(trained / "models"), "--output_dir", str(out[largest]), "--largest_component", largest,
+        )  # fmt: skip
+    counts = {}
+    for largest, folder in out.items():
+        # connected through faces, edges or corners, as MONAI's default full connectivity
+        masks = [np.asarray(nib.load(p).dataobj) for p in sorted(folder.iterdir())]
+        counts[largest] = [ndimage.label(mask, structure=np.ones((3, 3, 3)))[1] for mask in masks]
+    assert max(counts["False"]) > 1  # the demo model's predictions do have islands to remove
+    assert all(n <= 1 for n in counts["True"])
+    for n_all, n_largest in zip(counts["False"], counts["True"]):
+        assert n_largest == min(n_all, 1)
