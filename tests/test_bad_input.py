@@ -2,8 +2,7 @@
 Bad and unusual input through the bundle's command line (train, evaluate, inference), one table.
 
 Each case either works (the input is valid, if unusual) or stops before writing anything with one final error line
-that names the file and the problem. Bad TIFFs given to ``scripts/prepare_lgg.py`` are covered by
-``tests/test_prepare_lgg.py``.
+that names the file and the problem. ``tests/test_prepare_lgg.py`` covers more bad TIFFs on real LGG patients.
 """
 
 from __future__ import annotations
@@ -12,6 +11,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import tifffile
 import torch
-from conftest import run_bundle
+from conftest import REPO_ROOT, run_bundle
 
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.data import load_split, write_nifti
+from xunet_bundle.demo import synthetic_patient
 
 TRAIN = "configs/train.json"
 EVALUATE = "['configs/train.json','configs/evaluate.json']"
@@ -32,6 +35,8 @@ INFERENCE = "configs/inference.json"
 
 def first_case(data: Path, stage: str) -> dict[str, Path]:
     """The first case of the subset a stage reads (inference reads every image, training cases among them)."""
+    if stage == "prepare":
+        return {}
     subset = "test" if stage == "evaluate" else "train"
     return {k: Path(v) for k, v in load_split(data / "datalist.json", subset, 0)[0].items() if k != "fold"}
 
@@ -41,6 +46,15 @@ def rewrite(path: Path, change: Callable[[np.ndarray], np.ndarray]) -> Path:
     image = nib.load(path)
     write_nifti(change(np.asarray(image.dataobj)), image.affine, path)
     return path
+
+
+def write_kaggle_patient(folder: Path, seed: int) -> None:
+    """A synthetic patient in the Kaggle LGG layout: <patient>_<n>.tif (RGB) and <patient>_<n>_mask.tif (0/255)."""
+    image, label = synthetic_patient(seed, size=32, num_slices=4)
+    folder.mkdir(parents=True)
+    for k in range(image.shape[2]):
+        tifffile.imwrite(folder / f"{folder.name}_{k + 1}.tif", image[:, :, k])
+        tifffile.imwrite(folder / f"{folder.name}_{k + 1}_mask.tif", label[:, :, k] * 255)
 
 
 def read_only_folder(tmp: Path) -> Path:
@@ -138,6 +152,49 @@ def empty_folder(data, case):
     return folder
 
 
+def kaggle_source(data: Path) -> Path:
+    """Replace the prepared demo data by a Kaggle-layout source of 3 synthetic patients; return its folder."""
+    shutil.rmtree(data)
+    for i in range(3):
+        write_kaggle_patient(data / f"TCGA_XX_{i:04d}_20000101", seed=i)
+    return data
+
+
+def truncated_tiff(data, case):
+    path = kaggle_source(data) / "TCGA_XX_0001_20000101" / "TCGA_XX_0001_20000101_2.tif"
+    path.write_bytes(path.read_bytes()[:200])
+    return path
+
+
+def mask_values(data, case):
+    path = kaggle_source(data) / "TCGA_XX_0002_20000101" / "TCGA_XX_0002_20000101_3_mask.tif"
+    tifffile.imwrite(path, np.full((32, 32), 7, np.uint8))
+    return path
+
+
+def grey_tiff(data, case):
+    path = kaggle_source(data) / "TCGA_XX_0000_20000101" / "TCGA_XX_0000_20000101_1.tif"
+    tifffile.imwrite(path, np.zeros((32, 32), np.uint8))
+    return path
+
+
+def empty_source(data, case):
+    shutil.rmtree(data)
+    data.mkdir()
+    return data
+
+
+def missing_source(data, case):
+    shutil.rmtree(data)
+    return data
+
+
+def read_only_destination(data, case):
+    kaggle_source(data)
+    folder = read_only_folder(data.parent) / "prepared"
+    return folder, ("--dst", str(folder))
+
+
 def read_only_output(data, case):
     folder = read_only_folder(data.parent)
     return folder, ["--output_dir", str(folder)]
@@ -158,6 +215,12 @@ class Case:
 
 
 CASES = [
+    Case("prepare", truncated_tiff, "cannot read the TIFF file"),
+    Case("prepare", mask_values, r"mask values must be 0 or 255, found \[7\]"),
+    Case("prepare", grey_tiff, r"expected an RGB image \(rows, cols, 3\), got shape \(32, 32\)"),
+    Case("prepare", empty_source, "no patient folders found"),
+    Case("prepare", missing_source, "source folder does not exist"),
+    Case("prepare", read_only_destination, "Permission denied|not writable|cannot create"),
     Case("train", corrupt_image, "cannot read the image"),
     Case("train", truncated_image, "cannot read the image"),
     Case("train", size_mismatch, r"label size \(40, 48, 8\) differs from image size \(48, 48, 8\)"),
@@ -188,6 +251,9 @@ CASES = [
 
 
 def command(stage: str, data: Path, out: Path, model_dir: Path) -> list[str]:
+    if stage == "prepare":
+        return [str(REPO_ROOT / "scripts" / "prepare_lgg.py"), "--src", str(data), "--dst", str(out),
+                "--on_error", "stop"]  # fmt: skip
     if stage == "train":
         return [
             "run", "training", "--config_file", TRAIN, "--dataset_dir", str(data), "--output_dir", str(out),
@@ -237,7 +303,10 @@ def test_bad_input_stops_clearly_and_valid_input_works(case, demo_dir, model_dir
     if isinstance(culprit, tuple):
         culprit, (flag, value) = culprit
         args[args.index(flag) + 1] = value
-    result = run_bundle(*args, expect_success=case.problem is None)
+    if case.stage == "prepare":
+        result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+    else:
+        result = run_bundle(*args, expect_success=case.problem is None)
     if case.problem is None:
         check_outputs(case.stage, data, out)
         return
@@ -247,4 +316,5 @@ def test_bad_input_stops_clearly_and_valid_input_works(case, demo_dir, model_dir
     assert re.search(case.problem, last_line), last_line
     # nothing that looks like a result is left behind
     written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
-    assert not [p for p in written if p.suffix in (".pt", ".csv") or p.name.endswith("_seg.nii.gz")], written
+    results = [p for p in written if p.suffix in (".pt", ".csv", ".json") or p.name.endswith(".nii.gz")]
+    assert not results, results

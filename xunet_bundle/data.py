@@ -21,6 +21,7 @@ __all__ = [
     "DataError",
     "atomic_path",
     "atomic_write_json",
+    "check_output_dirs",
     "find_volumes",
     "load_split",
     "split_patients",
@@ -65,6 +66,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_dirs(*folders: str | os.PathLike) -> None:
+    """
+    Create the output folders and check that they are writable, so that a run fails at once with a clear message
+    instead of after its first epoch.
+
+    Args:
+        folders: folders the run writes to.
+    """
+    for folder in folders:
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(folder, f"cannot create the output folder ({e.strerror}).") from e
+        try:  # a real write: permission bits alone do not tell (root, read-only mounts, ACLs)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise DataError(folder, f"the output folder is not writable ({e.strerror}).") from e
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from .data import LGG_AFFINE, DataError, atomic_write_json, split_patients, write_nifti
+from .data import LGG_AFFINE, DataError, atomic_write_json, check_output_dirs, split_patients, write_nifti
 
 __all__ = ["SLICE_PATTERN", "prepare_dataset", "read_patient", "write_dataset"]
 
@@ -136,7 +136,7 @@ def write_dataset(
     if on_error not in ("skip", "stop"):
         raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}.")
     dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
+    check_output_dirs(dst)
     staging = Path(tempfile.mkdtemp(dir=dst, prefix=".staging-"))
     try:
         (staging / "imagesTr").mkdir()

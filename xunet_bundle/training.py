@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from ignite.handlers import ProgressBar
 from monai.handlers import CheckpointSaver, from_engine
 
-from .data import DataError
+from .data import DataError, check_output_dirs
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -61,27 +60,6 @@ def require_checkpoint(path: str | os.PathLike) -> str:
     if not Path(path).is_file():
         raise DataError(path, "model weights not found: train first, or point --ckpt_dir to a folder with model.pt.")
     return str(path)
-
-
-def check_output_dirs(*folders: str | os.PathLike) -> None:
-    """
-    Create the output folders and check that they are writable, so that a run fails at once with a clear message
-    instead of after its first epoch.
-
-    Args:
-        folders: folders the run writes to.
-    """
-    for folder in folders:
-        folder = Path(folder)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DataError(folder, f"cannot create the output folder ({e.strerror}).") from e
-        try:  # a real write: permission bits alone do not tell (root, read-only mounts, ACLs)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as e:
-            raise DataError(folder, f"the output folder is not writable ({e.strerror}).") from e
 
 
 def attach_handlers(engine, handlers: list) -> None:
