@@ -88,7 +88,7 @@ def patients(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(monailabel_env, weights, patients, tmp_path_factory):
+def server(weights, monailabel_env, patients, tmp_path_factory):
     """A MONAI Label server on 127.0.0.1 with the bundle as the monaibundle app's local model; yields its URL."""
     work = tmp_path_factory.mktemp("monailabel")
     env = {**os.environ, "PATH": f"{monailabel_env / 'bin'}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": ""}
