@@ -39,10 +39,19 @@ def test_interrupted_save_keeps_the_previous_checkpoint_whole(tmp_path, monkeypa
     torch.load(first, weights_only=True)
 
 
-def test_latest_checkpoint_picks_the_highest_number(tmp_path):
+def test_latest_checkpoint_picks_the_most_advanced_training_state(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint_"):
         latest_checkpoint(tmp_path)
-    for name in ("checkpoint_epoch=2.pt", "checkpoint_epoch=10.pt", "checkpoint_epoch=9.pt", "other.pt"):
-        (tmp_path / name).write_bytes(b"")
-    os.utime(tmp_path / "checkpoint_epoch=2.pt")
+
+    def save(name: str, iteration: int) -> None:
+        torch.save({"trainer": {"iteration": iteration, "epoch_length": 20, "max_epochs": 60}}, tmp_path / name)
+
+    saved = {"checkpoint_epoch=2.pt": 40, "checkpoint_epoch=10.pt": 200, "checkpoint_epoch=9.pt": 180}
+    saved["checkpoint_iteration=190.pt"] = 190
+    for name, iteration in saved.items():
+        save(name, iteration)
+    (tmp_path / "other.pt").write_bytes(b"")
+    os.utime(tmp_path / "checkpoint_epoch=2.pt")  # the newest file is not the most advanced
     assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_epoch=10.pt"
+    save("checkpoint_iteration=205.pt", 205)  # inside epoch 11
+    assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_iteration=205.pt"
