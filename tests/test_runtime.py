@@ -1,11 +1,14 @@
-"""CPU runtime settings: glibc malloc tuning and the amp switch's bf16 autocast on CPU."""
+"""Process settings: glibc malloc tuning, the amp switch's bf16 autocast on CPU, one-line data errors."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 
 import xunet_bundle.runtime as runtime
 from xunet_bundle import CrossBasicUNet
@@ -40,3 +43,24 @@ def test_amp_leaves_the_network_alone_otherwise(monkeypatch, enabled, device, su
     monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: supported)
     net = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8))
     assert "forward" not in vars(runtime.autocast_on_cpu(net, enabled=enabled, device=device))
+
+
+@pytest.mark.parametrize("full_traceback", [False, True])
+def test_uncaught_data_error_ends_with_one_line(full_traceback, tmp_path):
+    code = (
+        "from xunet_bundle.runtime import report_data_errors_briefly\n"
+        "from xunet_bundle.data import DataError\n"
+        "report_data_errors_briefly()\n"
+        "try:\n"
+        "    raise DataError('/data/case.nii.gz', 'label values must be integers in 0..1, found [3].')\n"
+        "except DataError as e:\n"
+        "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "XUNET_TRACEBACK": "1" if full_traceback else "0"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    message = "error: /data/case.nii.gz: label values must be integers in 0..1, found [3]."
+    if full_traceback:
+        assert "Traceback" in result.stderr and "RuntimeError: Failed to evaluate" in result.stderr
+    else:
+        assert result.stderr.strip() == message
