@@ -61,3 +61,12 @@ def demo_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("demo")
     make_demo_dataset(folder, num_patients=10, size=48, num_slices=8, progress=False)
     return folder
+
+
+@pytest.fixture(scope="session")
+def shipped_weights() -> Path:
+    """The bundle's trained weights, ``models/model.pt``; tests of what is built from them skip without them."""
+    path = REPO_ROOT / "models" / "model.pt"
+    if not path.is_file():
+        pytest.skip(f"{path} is not there: this test needs the shipped weights")
+    return path

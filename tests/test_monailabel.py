@@ -62,14 +62,6 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def weights() -> Path:
-    path = REPO_ROOT / "models" / "model.pt"
-    if not path.is_file():
-        pytest.skip(f"{path} is not there: serving needs the shipped weights")
-    return path
-
-
-@pytest.fixture(scope="module")
 def monailabel_env() -> Path:
     subprocess.run(["bash", "scripts/setup_monailabel_env.sh"], cwd=REPO_ROOT, check=True, timeout=1800)
     return VENV
@@ -88,7 +80,7 @@ def patients(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(weights, monailabel_env, patients, tmp_path_factory):
+def server(shipped_weights, monailabel_env, patients, tmp_path_factory):
     """A MONAI Label server on 127.0.0.1 with the bundle as the monaibundle app's local model; yields its URL."""
     work = tmp_path_factory.mktemp("monailabel")
     env = {**os.environ, "PATH": f"{monailabel_env / 'bin'}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": ""}

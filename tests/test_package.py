@@ -18,15 +18,7 @@ BUNDLE_NAME = "xunet_lgg_segmentation"
 
 
 @pytest.fixture(scope="module")
-def weights() -> Path:
-    path = REPO_ROOT / "models" / "model.pt"
-    if not path.is_file():
-        pytest.skip(f"{path} is not there: the archive is built from shipped weights")
-    return path
-
-
-@pytest.fixture(scope="module")
-def unpacked(weights, tmp_path_factory) -> Path:
+def unpacked(shipped_weights, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "scripts/package.py", "--out_dir", str(out)], cwd=REPO_ROOT, check=True)
     (archive,) = out.glob("*.zip")
@@ -43,14 +35,14 @@ def bundle_env(bundle: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(bundle)}
 
 
-def test_archive_holds_the_bundle_and_nothing_else(unpacked, weights):
+def test_archive_holds_the_bundle_and_nothing_else(unpacked, shipped_weights):
     bundle = unpacked / BUNDLE_NAME
     top = {p.name for p in bundle.iterdir()}
     assert top == {"configs", "models", "docs", "xunet_bundle", "LICENSE", "large_files.yml"}
     assert not list(bundle.rglob("__pycache__")) and not list(bundle.rglob("test_*"))
-    assert (bundle / "models" / "model.pt").read_bytes() == weights.read_bytes()
+    assert (bundle / "models" / "model.pt").read_bytes() == shipped_weights.read_bytes()
     listing = (bundle / "large_files.yml").read_text()
-    assert f'hash_val: "{hashlib.md5(weights.read_bytes()).hexdigest()}"' in listing
+    assert f'hash_val: "{hashlib.md5(shipped_weights.read_bytes()).hexdigest()}"' in listing
 
 
 def test_unpacked_bundle_runs_inference_from_elsewhere(unpacked, demo_dir, tmp_path):
@@ -78,7 +70,7 @@ def test_unpacked_bundle_runs_inference_from_elsewhere(unpacked, demo_dir, tmp_p
     assert nib.load(segmentations[0]).shape == nib.load(demo_dir / "imagesTr" / "demo_000.nii.gz").shape[:3]
 
 
-def test_monai_bundle_load_returns_the_shipped_network(unpacked, weights, tmp_path):
+def test_monai_bundle_load_returns_the_shipped_network(unpacked, shipped_weights, tmp_path):
     code = (
         "import monai.bundle, torch, sys;"
         f"net = monai.bundle.load(name={BUNDLE_NAME!r}, bundle_dir=sys.argv[1], workflow_type='inference',"
@@ -90,6 +82,6 @@ def test_monai_bundle_load_returns_the_shipped_network(unpacked, weights, tmp_pa
         [sys.executable, "-c", code, str(unpacked), str(out)],
         cwd=tmp_path, env=bundle_env(unpacked / BUNDLE_NAME), check=True, timeout=300,
     )  # fmt: skip
-    loaded, shipped = torch.load(out, weights_only=True), torch.load(weights, weights_only=True)
+    loaded, shipped = torch.load(out, weights_only=True), torch.load(shipped_weights, weights_only=True)
     assert loaded.keys() == shipped.keys()
     assert all(torch.equal(loaded[k], shipped[k]) for k in shipped)

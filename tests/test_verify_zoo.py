@@ -22,21 +22,13 @@ def verify(bundle_root: Path, schema: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def weights() -> Path:
-    path = REPO_ROOT / "models" / "model.pt"
-    if not path.is_file():
-        pytest.skip(f"{path} is not there: the zoo's checks export the shipped weights")
-    return path
-
-
-def test_bundle_passes_the_zoo_checks(weights, schema_path):
+def test_bundle_passes_the_zoo_checks(shipped_weights, schema_path):
     result = verify(REPO_ROOT, schema_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "all 9 checks passed" in result.stdout
 
 
-def test_zoo_checks_report_each_problem(weights, schema_path, tmp_path):
+def test_zoo_checks_report_each_problem(shipped_weights, schema_path, tmp_path):
     for entry in CONTENT:
         source = REPO_ROOT / entry
         if source.is_dir():
