@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import REPO_ROOT
 
 CONTENT = ("configs", "models", "docs", "xunet_bundle", "scripts", "tests", "LICENSE")
