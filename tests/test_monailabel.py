@@ -170,7 +170,7 @@ def test_train_writes_weights_that_the_next_inference_uses(server):
     deadline = time.monotonic() + 1200
     while True:
         status = json.loads(http("GET", f"{server['url']}/train/")[0])
-        if status.get("status") not in ("RUNNING", "QUEUED") or time.monotonic() > deadline:
+        if status.get("status") not in ("SUBMITTED", "QUEUED", "RUNNING") or time.monotonic() > deadline:
             break
         time.sleep(5)
     assert status.get("status") == "DONE", status.get("details", status)
