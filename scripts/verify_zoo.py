@@ -92,17 +92,21 @@ def eager_network(root: Path) -> torch.nn.Module:
     return net.eval()
 
 
+def export_args(root: Path) -> dict[str, str]:
+    """What MONAI's export commands need to find the bundle's network, weights and configs."""
+    return {
+        "net_id": "network_def",
+        "ckpt_file": str(root / "models" / "model.pt"),
+        "meta_file": str(root / "configs" / "metadata.json"),
+        "config_file": str(root / "configs" / "inference.json"),
+        "bundle_root": str(root),
+    }
+
+
 def check_torchscript(root: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ts_path = Path(tmp) / "model.ts"
-        ckpt_export(
-            net_id="network_def",
-            filepath=str(ts_path),
-            ckpt_file=str(root / "models" / "model.pt"),
-            meta_file=str(root / "configs" / "metadata.json"),
-            config_file=str(root / "configs" / "inference.json"),
-            bundle_root=str(root),
-        )
+        ckpt_export(filepath=str(ts_path), **export_args(root))
         scripted = torch.jit.load(str(ts_path))
         x = example_input(root)
         with torch.no_grad():
@@ -113,15 +117,7 @@ def check_onnx(root: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         x = example_input(root)
-        onnx_export(
-            net_id="network_def",
-            filepath=str(onnx_path),
-            ckpt_file=str(root / "models" / "model.pt"),
-            meta_file=str(root / "configs" / "metadata.json"),
-            config_file=str(root / "configs" / "inference.json"),
-            input_shape=list(x.shape),
-            bundle_root=str(root),
-        )
+        onnx_export(filepath=str(onnx_path), input_shape=list(x.shape), **export_args(root))
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,18 @@ def run_bundle(*args: str, nproc: int = 1, expect_success: bool = True) -> subpr
     if expect_success:
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result
+
+
+def copy_bundle(dst: Path, entries: tuple[str, ...]) -> Path:
+    """Copy the given top-level files and folders of the bundle into ``dst`` (without Python caches)."""
+    for entry in entries:
+        source = REPO_ROOT / entry
+        if source.is_dir():
+            shutil.copytree(source, dst / entry, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, dst / entry)
+    return dst
 
 
 @pytest.fixture

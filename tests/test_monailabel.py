@@ -22,7 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import LGG_ROOT, REPO_ROOT, require_shared
+from conftest import LGG_ROOT, REPO_ROOT, copy_bundle, require_shared
 
 from xunet_bundle.lgg import prepare_dataset
 
@@ -89,12 +89,7 @@ def server(shipped_weights, monailabel_env, patients, tmp_path_factory):
         cwd=work, env=env, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     bundle = work / "apps" / "monaibundle" / "model" / MODEL
-    for entry in BUNDLE_CONTENT:
-        source = REPO_ROOT / entry
-        if source.is_dir():
-            shutil.copytree(source, bundle / entry, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, bundle / entry)
+    copy_bundle(bundle, BUNDLE_CONTENT)
     studies = work / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
     for name in (INFER_PATIENT, *TRAIN_PATIENTS):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, copy_bundle
 
 CONTENT = ("configs", "models", "docs", "xunet_bundle", "scripts", "tests", "LICENSE")
 
@@ -28,12 +27,7 @@ def test_bundle_passes_the_zoo_checks(shipped_weights, schema_path):
 
 
 def test_zoo_checks_report_each_problem(shipped_weights, schema_path, tmp_path):
-    for entry in CONTENT:
-        source = REPO_ROOT / entry
-        if source.is_dir():
-            shutil.copytree(source, tmp_path / entry, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, tmp_path / entry)
+    copy_bundle(tmp_path, CONTENT)
     (tmp_path / "LICENSE").unlink()
     meta = json.loads((tmp_path / "configs" / "metadata.json").read_text())
     meta["version"] = "9.9.9"  # not in the changelog
