@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from xunet_bundle import CrossBasicUNet
-from xunet_bundle.fusion import add_conv_nearest_upsampled, reference_conv_nearest_upsampled
+from xunet_bundle.fusion import add_conv_nearest_upsampled, nearest_resized_mean, reference_conv_nearest_upsampled
+from xunet_bundle.networks import FUSIONS
 
 SMALL = (8, 8, 16, 16, 32, 8)
 
@@ -39,15 +40,25 @@ def test_non_integer_scale_falls_back_to_the_reference():
     torch.testing.assert_close(out, reference_conv_nearest_upsampled(x, weight, [15, 11]))
 
 
-def _pair(spatial_dims: int, upsample: str = "deconv", dropout: float = 0.0) -> tuple[CrossBasicUNet, CrossBasicUNet]:
+@pytest.mark.parametrize("size", [[8, 12], [9, 13], [6, 4, 10]])
+def test_mean_of_nearest_resized_equals_reference(size):
+    x = torch.randn(2, 3, *[s // 2 for s in size], dtype=torch.float64)
+    resized = torch.nn.functional.interpolate(x, size=size, mode="nearest")
+    torch.testing.assert_close(nearest_resized_mean(x, size), resized.mean(dim=list(range(2, x.dim()))))
+
+
+def _pair(
+    spatial_dims: int, upsample: str = "deconv", dropout: float = 0.0, fusion: str = "concat"
+) -> tuple[CrossBasicUNet, CrossBasicUNet]:
     torch.manual_seed(0)
-    fast = CrossBasicUNet(spatial_dims, 3, 2, SMALL, upsample=upsample, dropout=dropout).double()
+    fast = CrossBasicUNet(spatial_dims, 3, 2, SMALL, upsample=upsample, dropout=dropout, fusion=fusion).double()
     reference = copy.deepcopy(fast)
     reference.fast_fusion = False
     assert fast.fast_fusion and not reference.fast_fusion
     return fast, reference
 
 
+@pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize(
     "spatial_dims, shape",
@@ -60,8 +71,8 @@ def _pair(spatial_dims: int, upsample: str = "deconv", dropout: float = 0.0) -> 
         (3, (2, 35, 50, 35)),
     ],
 )
-def test_network_outputs_and_gradients_match_reference(spatial_dims, shape, train):
-    fast, reference = _pair(spatial_dims)
+def test_network_outputs_and_gradients_match_reference(spatial_dims, shape, train, fusion):
+    fast, reference = _pair(spatial_dims, fusion=fusion)
     fast.train(train)
     reference.train(train)
     x = torch.randn(shape[0], 3, *shape[1:], dtype=torch.float64)
@@ -99,15 +110,17 @@ def test_dropout_applies_after_the_fused_convolution():
     torch.testing.assert_close(out_fast, reference.train()(x))
 
 
-def test_torchscript_runs_the_reference_with_the_same_outputs():
-    net = CrossBasicUNet(features=SMALL).eval()
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_torchscript_runs_the_reference_with_the_same_outputs(fusion):
+    net = CrossBasicUNet(features=SMALL, fusion=fusion).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.script(net)(x), net(x), rtol=1e-4, atol=1e-5)
 
 
-def test_torch_compile_matches_eager():
-    net = CrossBasicUNet(features=SMALL).eval()
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_torch_compile_matches_eager(fusion):
+    net = CrossBasicUNet(features=SMALL, fusion=fusion).eval()
     x = torch.randn(1, 3, 32, 32)
     compiled = torch.compile(net, backend="aot_eager")
     with torch.no_grad():

@@ -90,10 +90,11 @@ def test_torchscript_matches_eager(spatial_dims):
         torch.testing.assert_close(scripted(x), net(x))
 
 
-def test_onnx_export_matches_eager(tmp_path):
+@pytest.mark.parametrize("fusion", ["concat", "attention", "projected"])
+def test_onnx_export_matches_eager(tmp_path, fusion):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    net = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8)).eval()
+    net = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8), fusion=fusion).eval()
     x = torch.randn(1, 3, 64, 64)
     path = tmp_path / "xunet.onnx"
     torch.onnx.export(net, (x,), str(path), input_names=["image"], output_names=["pred"], dynamo=False)

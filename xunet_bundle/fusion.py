@@ -21,7 +21,13 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-__all__ = ["add_conv_nearest_upsampled", "conv_nd", "reference_conv_nearest_upsampled"]
+__all__ = [
+    "add_conv_nearest_upsampled",
+    "conv_nd",
+    "integer_scale",
+    "nearest_resized_mean",
+    "reference_conv_nearest_upsampled",
+]
 
 FIRST, MIDDLE, LAST = 0, 1, 2
 
@@ -37,6 +43,24 @@ def conv_nd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     if x.dim() == 5:
         return F.conv3d(x, weight, bias, padding=padding)
     return F.conv1d(x, weight, bias, padding=padding)
+
+
+def integer_scale(size: list[int], source_size: list[int]) -> int:
+    """The upsampling factor from ``source_size`` to ``size`` if it is one integer >= 2 for every dimension, else 0."""
+    scale = size[0] // source_size[0]
+    if scale < 2 or any(t != scale * s for t, s in zip(size, source_size)):
+        return 0
+    return scale
+
+
+def nearest_resized_mean(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """
+    Per-channel mean ``(batch, channels)`` of ``x`` resized to ``size`` by nearest interpolation; for an integer
+    upsampling factor every source voxel is repeated equally often, so this is the mean of ``x`` itself.
+    """
+    if not integer_scale(size, list(x.shape[2:])):
+        x = F.interpolate(x, size=size, mode="nearest")
+    return x.mean(dim=list(range(2, x.dim())))
 
 
 def reference_conv_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, size: list[int]) -> torch.Tensor:
@@ -141,9 +165,9 @@ def add_conv_nearest_upsampled(out: torch.Tensor, x: torch.Tensor, weight: torch
         x: source feature ``(batch, in, *spatial)``.
         weight: kernel ``(out, in, 3, ..., 3)``.
     """
-    size, source_size = list(out.shape[2:]), list(x.shape[2:])
-    scale = size[0] // source_size[0]
-    if scale < 2 or any(t != scale * s for t, s in zip(size, source_size)):
+    size = list(out.shape[2:])
+    scale = integer_scale(size, list(x.shape[2:]))
+    if not scale:
         return out + reference_conv_nearest_upsampled(x, weight, size)
     blocks = _phase_blocks(x, weight, scale)
     if torch.is_grad_enabled() and (out.requires_grad or x.requires_grad or weight.requires_grad):

@@ -7,14 +7,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.blocks import UpSample
+from monai.networks.blocks import ChannelSELayer, Convolution, UpSample
 from monai.networks.layers.factories import Conv
 from monai.networks.nets.basic_unet import Down, TwoConv
 from monai.utils import ensure_tuple_rep
 
-from .fusion import add_conv_nearest_upsampled, conv_nd
+from .fusion import add_conv_nearest_upsampled, conv_nd, nearest_resized_mean
 
-__all__ = ["CrossBasicUNet", "UpCatAll", "match_spatial_size"]
+__all__ = ["FUSIONS", "CrossBasicUNet", "UpCatAll", "adaptive_max_pool", "match_spatial_size"]
 
 
 def match_spatial_size(x: torch.Tensor, size: list[int]) -> torch.Tensor:
@@ -36,13 +36,31 @@ def match_spatial_size(x: torch.Tensor, size: list[int]) -> torch.Tensor:
     return x
 
 
+FUSIONS = ("concat", "attention", "projected")
+
+
+def adaptive_max_pool(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Max-pool the spatial dimensions of ``x`` (2D or 3D) down to ``size``, whatever the ratio."""
+    if x.dim() == 5:
+        return F.adaptive_max_pool3d(x, size)
+    return F.adaptive_max_pool2d(x, size)
+
+
 class UpCatAll(nn.Module):
     """
     Upsampling followed by full-scale fusion: the upsampled decoder feature is concatenated with all encoder
-    features, each resized by nearest interpolation to this stage's size, then two convolutions are applied.
+    features, each resized to this stage's size, then two convolutions are applied.
 
-    The concatenation order ``[upsampled, encoder_0, ..., encoder_4]`` and the parameter names (``upsample``,
-    ``convs``) are those of the original XUNet, so its state_dicts load unchanged.
+    ``fusion`` chooses how the encoder features enter:
+
+    - ``"concat"``: as they are, resized by nearest interpolation (the original XUNet). The concatenation order
+      ``[upsampled, encoder_0, ..., encoder_4]`` and the parameter names (``upsample``, ``convs``) are those of the
+      original, so its state_dicts load unchanged.
+    - ``"attention"``: as ``"concat"``, then squeeze-and-excitation channel attention (MONAI's ``ChannelSELayer``)
+      reweights the fused channels before the convolutions.
+    - ``"projected"``: UNet 3+ style; each encoder feature is first reduced to ``projection_chns`` channels by a
+      1x1 convolution (with norm and activation) at its own resolution, then max-pooled (shallower features) or
+      nearest-upsampled (deeper features) to this stage's size.
     """
 
     def __init__(
@@ -57,6 +75,9 @@ class UpCatAll(nn.Module):
         dropout: float | tuple = 0.0,
         upsample: str = "deconv",
         halves: bool = True,
+        fusion: str = "concat",
+        attention_reduction: int = 16,
+        projection_chns: int = 16,
     ):
         """
         Args:
@@ -70,11 +91,28 @@ class UpCatAll(nn.Module):
             dropout: dropout ratio. Defaults to no dropout.
             upsample: upsampling mode, available options are ``"deconv"``, ``"pixelshuffle"``, ``"nontrainable"``.
             halves: whether to halve the number of channels during upsampling.
+            fusion: ``"concat"``, ``"attention"`` or ``"projected"`` (see the class docstring).
+            attention_reduction: reduction ratio of the squeeze-and-excitation layer (``"attention"`` only).
+            projection_chns: channels each encoder feature is reduced to (``"projected"`` only).
         """
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
         up_chns = in_chns if upsample == "nontrainable" or not halves else in_chns // 2
+        self.fusion = fusion
         self.upsample = UpSample(spatial_dims, in_chns, up_chns, 2, mode=upsample)
-        self.convs = TwoConv(spatial_dims, up_chns + sum(encoder_chns), out_chns, act, norm, bias, dropout)
+        self.projections = nn.ModuleList()
+        if fusion == "projected":
+            for chns in encoder_chns:
+                self.projections.append(
+                    Convolution(spatial_dims, chns, projection_chns, kernel_size=1, act=act, norm=norm, bias=bias)
+                )
+            encoder_chns = [projection_chns] * len(encoder_chns)
+        fused_chns = up_chns + sum(encoder_chns)
+        self.attention: nn.Module = nn.Identity()
+        if fusion == "attention":
+            self.attention = ChannelSELayer(spatial_dims, fused_chns, r=attention_reduction)
+        self.convs = TwoConv(spatial_dims, fused_chns, out_chns, act, norm, bias, dropout)
         self.up_chns = up_chns
         self.encoder_chns = list(encoder_chns)
         self.fast = True
@@ -88,50 +126,78 @@ class UpCatAll(nn.Module):
         """
         target_size = list(encoder_features[level].shape[2:])
         x_up = match_spatial_size(self.upsample(x), target_size)
+        sources = self.fusion_sources(encoder_features, level)
         if torch.jit.is_scripting():
-            fused = self.reference_fused_conv(x_up, encoder_features)
+            fused = self.reference_fused_conv(x_up, sources)
         else:
-            fused = self.eager_fused_conv(x_up, encoder_features, level)
+            fused = self.eager_fused_conv(x_up, sources, level)
         return self.convs.conv_1(self.convs.conv_0.adn(fused))
 
-    def reference_fused_conv(self, x_up: torch.Tensor, encoder_features: list[torch.Tensor]) -> torch.Tensor:
+    def fusion_sources(self, encoder_features: list[torch.Tensor], level: int) -> list[torch.Tensor]:
         """
-        The first convolution of the stage over the concatenation ``[x_up, resized encoder features]``, computed as
-        written: every encoder feature is resized to this stage's size and the 3x3 convolution runs on all of them.
+        The encoder features as they enter the fusion, each still at its own resolution except that, for
+        ``"projected"``, shallower features are already max-pooled to this stage's size.
+        """
+        if self.fusion != "projected":
+            return encoder_features
+        target_size = list(encoder_features[level].shape[2:])
+        sources: list[torch.Tensor] = []
+        for index, projection in enumerate(self.projections):
+            source = projection(encoder_features[index])
+            sources.append(adaptive_max_pool(source, target_size) if index < level else source)
+        return sources
+
+    def reference_fused_conv(self, x_up: torch.Tensor, sources: list[torch.Tensor]) -> torch.Tensor:
+        """
+        The first convolution of the stage over the concatenation ``[x_up, resized sources]`` (after channel
+        attention, if any), computed as written: every source is resized to this stage's size by nearest
+        interpolation and the 3x3 convolution runs on all of them.
         """
         target_size = list(x_up.shape[2:])
         fused = [x_up]
-        for feature in encoder_features:
-            fused.append(F.interpolate(feature, size=target_size, mode="nearest"))
-        return self.convs.conv_0.conv(torch.cat(fused, dim=1))
+        for source in sources:
+            fused.append(F.interpolate(source, size=target_size, mode="nearest"))
+        return self.convs.conv_0.conv(self.attention(torch.cat(fused, dim=1)))
 
     @torch.jit.unused
-    def eager_fused_conv(self, x_up: torch.Tensor, encoder_features: list[torch.Tensor], level: int) -> torch.Tensor:
+    def eager_fused_conv(self, x_up: torch.Tensor, sources: list[torch.Tensor], level: int) -> torch.Tensor:
         """The fast form when enabled, except under ONNX export, whose tracer cannot give the folded kernels a shape."""
         if self.fast and not torch.onnx.is_in_onnx_export():
-            return self.fast_fused_conv(x_up, encoder_features, level)
-        return self.reference_fused_conv(x_up, encoder_features)
+            return self.fast_fused_conv(x_up, sources, level)
+        return self.reference_fused_conv(x_up, sources)
 
     @torch.jit.unused
-    def fast_fused_conv(self, x_up: torch.Tensor, encoder_features: list[torch.Tensor], level: int) -> torch.Tensor:
+    def fast_fused_conv(self, x_up: torch.Tensor, sources: list[torch.Tensor], level: int) -> torch.Tensor:
         """
-        The same function as :meth:`reference_fused_conv`, without resized copies of the deeper features.
+        The same function as :meth:`reference_fused_conv`, without resized copies of the deeper sources.
 
         A convolution of a concatenation is the sum of one convolution per source (the kernel split along its input
-        channels). The upsampled decoder feature, the feature of this level and the (cheap, smaller) subsampled
-        shallower features are convolved together at this stage's size; each deeper feature is convolved at its own
-        resolution with folded kernels (see :mod:`xunet_bundle.fusion`).
+        channels). The upsampled decoder feature, the source of this level and the (cheap, smaller) subsampled
+        shallower sources are convolved together at this stage's size; each deeper source is convolved at its own
+        resolution with folded kernels (see :mod:`xunet_bundle.fusion`). Channel attention scales each source at
+        its own resolution: the mean of a nearest-upsampled map is the mean of its source.
         """
         conv = self.convs.conv_0.conv
         target_size = list(x_up.shape[2:])
         shallow = [x_up]
-        for feature in encoder_features[: level + 1]:
-            same = list(feature.shape[2:]) == target_size
-            shallow.append(feature if same else F.interpolate(feature, size=target_size, mode="nearest"))
-        start = self.up_chns + sum(self.encoder_chns[: level + 1])
-        fused = conv_nd(torch.cat(shallow, dim=1), conv.weight[:, :start], conv.bias, padding=1)
-        for feature, chns in zip(encoder_features[level + 1 :], self.encoder_chns[level + 1 :]):
-            fused = add_conv_nearest_upsampled(fused, feature, conv.weight[:, start : start + chns])
+        for source in sources[: level + 1]:
+            same = list(source.shape[2:]) == target_size
+            shallow.append(source if same else F.interpolate(source, size=target_size, mode="nearest"))
+        near = torch.cat(shallow, dim=1)
+        far = sources[level + 1 :]
+        if isinstance(self.attention, ChannelSELayer):
+            means = [near.mean(dim=list(range(2, near.dim())))]
+            means += [nearest_resized_mean(source, target_size) for source in far]
+            scales = self.attention.fc(torch.cat(means, dim=1))
+            scales = scales.view(*scales.shape, *[1] * len(target_size))
+            near = near * scales[:, : near.shape[1]]
+            far_scales = scales[:, near.shape[1] :].split([source.shape[1] for source in far], dim=1)
+            far = [source * scale for source, scale in zip(far, far_scales)]
+        start = near.shape[1]
+        fused = conv_nd(near, conv.weight[:, :start], conv.bias, padding=1)
+        for source in far:
+            chns = source.shape[1]
+            fused = add_conv_nearest_upsampled(fused, source, conv.weight[:, start : start + chns])
             start += chns
         return fused
 
@@ -160,6 +226,9 @@ class CrossBasicUNet(nn.Module):
         dropout: float | tuple = 0.0,
         upsample: str = "deconv",
         fast_fusion: bool = True,
+        fusion: str = "concat",
+        attention_reduction: int = 16,
+        projection_chns: int = 16,
     ):
         """
         Args:
@@ -176,10 +245,16 @@ class CrossBasicUNet(nn.Module):
                 features (same parameters, same outputs, much less compute and memory). False runs the
                 straightforward formulation, kept as the reference. TorchScript and ONNX export always run the
                 reference.
+            fusion: how each decoder stage fuses the encoder features: ``"concat"`` (the original XUNet),
+                ``"attention"`` (squeeze-and-excitation on the fused channels) or ``"projected"`` (UNet 3+ style:
+                1x1-projected, max-pooled when going down). See :class:`UpCatAll`.
+            attention_reduction: reduction ratio of the squeeze-and-excitation layers (``"attention"`` only).
+            projection_chns: channels each encoder feature is projected to (``"projected"`` only).
         """
         super().__init__()
         fea = ensure_tuple_rep(features, 6)
         encoder_chns = fea[:5]
+        fusion_args = {"fusion": fusion, "attention_reduction": attention_reduction, "projection_chns": projection_chns}
 
         self.conv_0 = TwoConv(spatial_dims, in_channels, fea[0], act, norm, bias, dropout)
         self.down_1 = Down(spatial_dims, fea[0], fea[1], act, norm, bias, dropout)
@@ -187,12 +262,11 @@ class CrossBasicUNet(nn.Module):
         self.down_3 = Down(spatial_dims, fea[2], fea[3], act, norm, bias, dropout)
         self.down_4 = Down(spatial_dims, fea[3], fea[4], act, norm, bias, dropout)
 
-        self.upcat_4 = UpCatAll(spatial_dims, fea[4], encoder_chns, fea[3], act, norm, bias, dropout, upsample)
-        self.upcat_3 = UpCatAll(spatial_dims, fea[3], encoder_chns, fea[2], act, norm, bias, dropout, upsample)
-        self.upcat_2 = UpCatAll(spatial_dims, fea[2], encoder_chns, fea[1], act, norm, bias, dropout, upsample)
-        self.upcat_1 = UpCatAll(
-            spatial_dims, fea[1], encoder_chns, fea[5], act, norm, bias, dropout, upsample, halves=False
-        )
+        common = (act, norm, bias, dropout, upsample)
+        self.upcat_4 = UpCatAll(spatial_dims, fea[4], encoder_chns, fea[3], *common, **fusion_args)
+        self.upcat_3 = UpCatAll(spatial_dims, fea[3], encoder_chns, fea[2], *common, **fusion_args)
+        self.upcat_2 = UpCatAll(spatial_dims, fea[2], encoder_chns, fea[1], *common, **fusion_args)
+        self.upcat_1 = UpCatAll(spatial_dims, fea[1], encoder_chns, fea[5], *common, halves=False, **fusion_args)
 
         self.final_conv = Conv["conv", spatial_dims](fea[5], out_channels, kernel_size=1)
         self.fast_fusion = fast_fusion
