@@ -35,18 +35,24 @@ CASES = {
     "2d_b4": {"spatial_dims": 2, "batch": 4, "size": (256, 256), "in_channels": 3},
     "3d_b1": {"spatial_dims": 3, "batch": 1, "size": (96, 96, 96), "in_channels": 1},
 }
-MODELS = ("basicunet", "xunet_fast", "xunet_reference")
+MODELS = ("basicunet", "xunet_fast", "xunet_reference", "xunet_attention", "xunet_projected")
 FEATURES = (32, 32, 64, 128, 256, 32)
 # glibc keeps large blocks on its heap instead of mmap-ing and page-faulting them again on every step
 TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "MALLOC_TOP_PAD_": "1000000000"}
 
 
 def build(model: str, spatial_dims: int, in_channels: int) -> torch.nn.Module:
+    """
+    Args:
+        model: ``basicunet``, ``xunet_fast`` / ``xunet_reference`` (concat fusion, fast or straightforward), or
+            ``xunet_attention`` / ``xunet_projected`` (those fusion variants, fast).
+    """
     if model == "basicunet":
         from monai.networks.nets import BasicUNet
 
         return BasicUNet(spatial_dims, in_channels, 2, FEATURES)
-    return CrossBasicUNet(spatial_dims, in_channels, 2, FEATURES, fast_fusion=model == "xunet_fast")
+    fusion = model.removeprefix("xunet_") if model in ("xunet_attention", "xunet_projected") else "concat"
+    return CrossBasicUNet(spatial_dims, in_channels, 2, FEATURES, fast_fusion=model != "xunet_reference", fusion=fusion)
 
 
 def _rss_mb() -> float:
@@ -72,7 +78,7 @@ def measure(
     One measurement in this process; prints a JSON line. Called by :func:`main` in a fresh process.
 
     Args:
-        model: one of ``basicunet``, ``xunet_fast``, ``xunet_reference``.
+        model: one of ``MODELS`` (see :func:`build`).
         case: a key of ``CASES``.
         mode: ``train`` (forward, Dice-free cross-entropy on logits, backward, AdamW step) or ``infer`` (forward
             under ``torch.inference_mode``, eval mode).
@@ -121,7 +127,12 @@ def measure(
     peak = torch.cuda.max_memory_allocated() / 2**20 if device_type == "cuda" else _peak_rss_mb()
     print(
         json.dumps(
-            {"seconds": statistics.median(times), "peak_mb": peak - baseline, "threads": torch.get_num_threads()}
+            {
+                "seconds": statistics.median(times),
+                "peak_mb": peak - baseline,
+                "threads": torch.get_num_threads(),
+                "parameters": sum(p.numel() for p in net.parameters()),
+            }
         )
     )
 
@@ -145,6 +156,7 @@ def _run_one(
 
 def main(
     cases: str | tuple = tuple(CASES),
+    models: str | tuple = MODELS,
     repeats: int = 3,
     device: str = "cpu",
     threads: int = 0,
@@ -154,6 +166,7 @@ def main(
     """
     Args:
         cases: comma-separated keys of ``CASES`` (``2d_b1``, ``2d_b4``, ``3d_b1``).
+        models: comma-separated keys of ``MODELS``; ``basicunet``, the reference of every ratio, is always measured.
         repeats: timed repetitions per measurement (after one warm-up); medians are reported.
         device: ``cpu`` or ``cuda``.
         threads: torch intra-op threads (0: PyTorch's default).
@@ -161,6 +174,11 @@ def main(
         json_out: also write all measurements to this JSON file.
     """
     cases = cases.split(",") if isinstance(cases, str) else list(cases)
+    models = models.split(",") if isinstance(models, str) else list(models)
+    models = ["basicunet"] + [m for m in models if m != "basicunet"]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; choose from {MODELS}.")
     tuned = device == "cpu"  # glibc malloc tuned at run time, as the bundle's configs do by default
     rows = []
     print(
@@ -168,11 +186,11 @@ def main(
     )
     print(f"# command: python scripts/benchmark.py {' '.join(sys.argv[1:])}")
     print(f"# device {device}, malloc {'tuned (mallopt)' if tuned else 'default'}, fp32, median of {repeats}")
-    print("| case | mode | model | seconds | ratio | peak MiB | ratio |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| case | mode | model | parameters | seconds | ratio | peak MiB | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for case in cases:
         for mode in ("train", "infer"):
-            results = {m: _run_one(m, case, mode, repeats, device, False, threads, mallopt=tuned) for m in MODELS}
+            results = {m: _run_one(m, case, mode, repeats, device, False, threads, mallopt=tuned) for m in models}
             base = results["basicunet"]
             for model, r in results.items():
                 row = {"case": case, "mode": mode, "model": model, "malloc": "mallopt" if tuned else "default", **r}
@@ -180,8 +198,8 @@ def main(
                 row["memory_ratio"] = r["peak_mb"] / base["peak_mb"]
                 rows.append(row)
                 print(
-                    f"| {case} | {mode} | {model} | {r['seconds']:.3f} | {row['time_ratio']:.2f} | "
-                    f"{r['peak_mb']:.0f} | {row['memory_ratio']:.2f} |",
+                    f"| {case} | {mode} | {model} | {r['parameters']:,} | {r['seconds']:.3f} | "
+                    f"{row['time_ratio']:.2f} | {r['peak_mb']:.0f} | {row['memory_ratio']:.2f} |",
                     flush=True,
                 )
     if cpu_path and device == "cpu":

@@ -190,7 +190,8 @@ def split_patients(
 
 def load_split(datalist: str | os.PathLike, subset: str, fold: int = 0) -> list[dict]:
     """
-    Read one subset of a datalist written by ``scripts/prepare_lgg.py`` or ``scripts/make_demo_data.py``.
+    Read one subset of a datalist written by ``scripts/prepare_lgg.py``, ``scripts/prepare_decathlon.py`` or
+    ``scripts/make_demo_data.py``.
 
     Paths in the datalist are relative to the datalist's folder and are returned absolute.
 
@@ -202,7 +203,11 @@ def load_split(datalist: str | os.PathLike, subset: str, fold: int = 0) -> list[
     """
     datalist = Path(datalist)
     if not datalist.is_file():
-        raise DataError(datalist, "datalist not found; run scripts/prepare_lgg.py or scripts/make_demo_data.py first.")
+        raise DataError(
+            datalist,
+            "datalist not found; run scripts/prepare_lgg.py, scripts/prepare_decathlon.py or scripts/make_demo_data.py "
+            "first.",
+        )
     try:
         content = json.loads(datalist.read_text())
         training, testing = content["training"], content.get("testing", [])

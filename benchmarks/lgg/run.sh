@@ -2,12 +2,13 @@
 # One run of the LGG protocol (issue 4): train one network with the bundle's train.json on the fixed patient-level
 # split, pick the best epoch on fold 0, evaluate it per patient on the held-out test patients, and write the run's
 # JSON record to benchmarks/lgg/records/<network>_seed<seed>.json.
-# Usage: bash benchmarks/lgg/run.sh <xunet|basicunet> <seed> [/path/to/kaggle_3m] [work_dir]
+# Usage: bash benchmarks/lgg/run.sh <network> <seed> [/path/to/kaggle_3m] [work_dir]
+# Networks: xunet (the bundle's default, concat fusion), basicunet, xunet_attention, xunet_projected (issue 7).
 # Environment: EPOCHS (60), VAL_INTERVAL (12), RECORDS_DIR (benchmarks/lgg/records); RESUME=1 continues an
 # interrupted run from its last checkpoint (a run may span several sittings). An already prepared work_dir/data is
 # reused. Every training command is appended to <run_dir>/commands.log, which the record keeps.
 set -euo pipefail
-network=${1:?xunet or basicunet}
+network=${1:?xunet, basicunet, xunet_attention or xunet_projected}
 seed=${2:?seed}
 src=${3:-../shared/data/lgg/kaggle_3m}
 work=${4:-runs/lgg}
@@ -16,9 +17,13 @@ val_interval=${VAL_INTERVAL:-12}
 run_dir="$work/${network}_seed${seed}"
 records=${RECORDS_DIR:-benchmarks/lgg/records}
 
+network_args=()
 case "$network" in
     xunet) configs="['configs/train.json']" ;;
     basicunet) configs="['configs/train.json','configs/basicunet.json']" ;;
+    xunet_attention | xunet_projected)
+        configs="['configs/train.json']"
+        network_args=(--network_def#fusion "${network#xunet_}") ;;
     *) echo "unknown network: $network" >&2; exit 2 ;;
 esac
 
@@ -27,10 +32,11 @@ esac
 mkdir -p "$run_dir"
 train_cmd=(python -m monai.bundle run training --config_file "$configs"
     --dataset_dir "$work/data" --output_dir "$run_dir" --ckpt_dir "$run_dir/models"
-    --seed "$seed" --epochs "$epochs" --val_interval "$val_interval" --progress False)
+    --seed "$seed" --epochs "$epochs" --val_interval "$val_interval" --progress False ${network_args[@]+"${network_args[@]}"})
 [ "${RESUME:-0}" = 1 ] && train_cmd+=(--resume True)
 eval_cmd=(python -m monai.bundle run evaluating --config_file "${configs%]},'configs/evaluate.json']"
-    --dataset_dir "$work/data" --ckpt_dir "$run_dir/models" --output_dir "$run_dir/eval")
+    --dataset_dir "$work/data" --ckpt_dir "$run_dir/models" --output_dir "$run_dir/eval"
+    ${network_args[@]+"${network_args[@]}"})
 start=$(date +%s)
 commit=$(git rev-parse HEAD)$(git diff --quiet HEAD || echo -dirty)
 echo "$(date -u +%FT%TZ) ${train_cmd[*]}" >> "$run_dir/commands.log"

@@ -1,0 +1,103 @@
+"""The 3D configuration (``configs/hippocampus.json``) on real Decathlon Hippocampus cases from ``../shared``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, require_shared, run_bundle
+
+from xunet_bundle.data import DataError, load_split
+from xunet_bundle.decathlon import prepare_datalist
+
+HIPPOCAMPUS = REPO_ROOT.parent / "shared" / "data" / "hippocampus"
+CONFIGS = "['configs/train.json','configs/hippocampus.json']"
+NUM_CASES = 16
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory) -> Path:
+    """A Decathlon task folder linking the first 16 real cases (the split needs no more for a short run)."""
+    source = require_shared(HIPPOCAMPUS)
+    task = tmp_path_factory.mktemp("Task04_Hippocampus")
+    names = sorted(p.name for p in (source / "imagesTr").glob("*.nii.gz"))[:NUM_CASES]
+    for folder in ("imagesTr", "labelsTr"):
+        (task / folder).mkdir()
+        for name in names:
+            (task / folder / name).symlink_to(source / folder / name)
+    return task
+
+
+def test_datalist_splits_cases_into_folds_and_test_without_copying(task, tmp_path):
+    datalist = prepare_datalist(task, tmp_path / "data", num_folds=4, test_fraction=0.25)
+    assert len(datalist["testing"]) == 4 and len(datalist["training"]) == 12
+    train, validation = load_split(tmp_path / "data/datalist.json", "train", 0), load_split(
+        tmp_path / "data/datalist.json", "validation", 0
+    )
+    test = load_split(tmp_path / "data/datalist.json", "test")
+    names = [Path(item["image"]).name for item in train + validation + test]
+    assert len(set(names)) == NUM_CASES
+    assert all(Path(item["label"]).parent.name == "labelsTr" for item in train + validation + test)
+    assert all(Path(item["image"]).resolve().is_file() for item in train)
+    assert not list((tmp_path / "data").glob("*.nii.gz"))  # nothing copied
+    again = prepare_datalist(task, tmp_path / "again", num_folds=4, test_fraction=0.25)
+    assert again["testing"] == datalist["testing"]  # the split depends on the case names only
+
+
+def test_image_without_label_is_named(task, tmp_path):
+    broken = tmp_path / "task"
+    for folder in ("imagesTr", "labelsTr"):
+        (broken / folder).mkdir(parents=True)
+    (broken / "imagesTr" / "hippocampus_999.nii.gz").symlink_to(next((task / "imagesTr").iterdir()))
+    with pytest.raises(DataError, match="hippocampus_999.nii.gz: this image has no label"):
+        prepare_datalist(broken, tmp_path / "data")
+    assert not (tmp_path / "data" / "datalist.json").exists()
+
+
+def test_brief_3d_training_segments_both_labels(task, tmp_path):
+    """
+    A short real training run of CrossBasicUNet(spatial_dims=3), then sliding-window evaluation on the held-out
+    cases and inference on two of their volumes.
+    """
+    data = tmp_path / "data"
+    prepare_datalist(task, data, num_folds=4, test_fraction=0.25)
+    run = tmp_path / "run"
+    common = ["--dataset_dir", str(data), "--ckpt_dir", str(run / "models"), "--num_workers", "0"]
+    run_bundle(
+        "run", "training", "--config_file", CONFIGS, *common, "--output_dir", str(run),
+        "--epochs", "10", "--val_interval", "5", "--learning_rate", "0.003", "--progress", "False",
+    )  # fmt: skip
+    assert (run / "models" / "model.pt").is_file()
+    run_bundle(
+        "run", "evaluating", "--config_file", CONFIGS.replace("]", ",'configs/evaluate.json']"), *common,
+        "--output_dir", str(run / "eval"),
+    )  # fmt: skip
+    with open(run / "eval" / "val_mean_dice_raw.csv") as f:
+        rows = list(csv.reader(f))
+    header, cases = rows[0], rows[1:]
+    assert len(cases) == 4  # the test cases
+    for label in (1, 2):  # anterior, posterior; the metric excludes the background
+        column = header.index(f"class{label - 1}")
+        mean_dice = sum(float(row[column]) for row in cases) / len(cases)
+        assert mean_dice > 0.2, (label, rows)
+    summary = json.dumps(rows)
+    assert "nan" not in summary.lower()
+    images = tmp_path / "images"
+    images.mkdir()
+    for item in load_split(data / "datalist.json", "test")[:2]:
+        (images / Path(item["image"]).name).symlink_to(item["image"])
+    run_bundle(
+        "run", "inference", "--config_file", "['configs/inference.json','configs/hippocampus.json']",
+        "--dataset_dir", str(images), "--ckpt_dir", str(run / "models"), "--output_dir", str(run / "pred"),
+    )  # fmt: skip
+    for image in images.iterdir():
+        prediction = nib.load(run / "pred" / image.name.replace(".nii.gz", "_seg.nii.gz"))
+        source = nib.load(image)
+        assert prediction.shape == source.shape  # sliding windows cover volumes of any size
+        np.testing.assert_allclose(prediction.affine, source.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2}
+        assert {1, 2} <= set(np.unique(np.asarray(prediction.dataobj)))
