@@ -1,5 +1,5 @@
 """
-Turn the JSON records of LGG protocol runs (``benchmarks/lgg/run.sh``) into the results table and plots.
+Turn the JSON records of LGG protocol runs (``benchmarks/run.sh``) into the results table and plots.
 
 For each network, a patient's Dice is the mean over that network's seeds; the table gives the mean, median and a
 bootstrap 95% confidence interval across test patients, and, against the baseline network, the per-patient paired

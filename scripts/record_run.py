@@ -1,5 +1,5 @@
 """
-Write the JSON record of one LGG protocol run (``benchmarks/lgg/run.sh``): code version, commands, per-patient test
+Write the JSON record of one benchmark protocol run (``benchmarks/run.sh``): code version, commands, per-patient test
 metrics and the training curve read back from the run's TensorBoard events.
 
 Usage::
@@ -44,10 +44,28 @@ def read_per_case(csv_path: Path) -> dict[str, float]:
     return {Path(row["filename"]).name.split(".")[0]: float(row["mean"]) for row in rows}
 
 
+def read_per_label(csv_path: Path) -> dict[str, dict[str, float]]:
+    """
+    Per-label values of a ``MetricsSaver`` ``*_raw.csv`` (columns ``class0``, ``class1``, ... for labels 1, 2, ...
+    when the background is excluded), as ``{label: {case: value}}``; empty for a single foreground label.
+    """
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    classes = [column for column in rows[0] if column.startswith("class")]
+    if len(classes) < 2:
+        return {}
+    return {
+        str(int(column.removeprefix("class")) + 1): {
+            Path(row["filename"]).name.split(".")[0]: float(row[column]) for row in rows
+        }
+        for column in classes
+    }
+
+
 def read_commands(log: Path) -> list[str]:
     """The training commands of the run, one per sitting, as ``run.sh`` logged them (time stamp first)."""
     if not log.is_file():
-        raise ValueError(f"{log}: no command log; runs are started with benchmarks/lgg/run.sh.")
+        raise ValueError(f"{log}: no command log; runs are started with benchmarks/run.sh.")
     return [line for line in log.read_text().splitlines() if line.strip()]
 
 
@@ -99,6 +117,7 @@ def main(
         "epoch_length": int(trainer["epoch_length"]),
         "test_dice": dice,
         "test_hd95": hd95,
+        "test_dice_per_label": read_per_label(run_dir / "eval" / "val_mean_dice_raw.csv"),
         "train_loss": curves.get("train_loss", []),
         "val_mean_dice": curves.get("val_mean_dice", []),
     }

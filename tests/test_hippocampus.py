@@ -9,7 +9,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from conftest import REPO_ROOT, require_shared, run_bundle
+from monai.bundle import ConfigParser
+from monai.inferers import SlidingWindowInferer
 
 from xunet_bundle.data import DataError, load_split
 from xunet_bundle.decathlon import prepare_datalist
@@ -101,3 +104,17 @@ def test_brief_3d_training_segments_both_labels(task, tmp_path):
         np.testing.assert_allclose(prediction.affine, source.affine, atol=1e-5)
         assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2}
         assert {1, 2} <= set(np.unique(np.asarray(prediction.dataobj)))
+
+
+@pytest.mark.parametrize("network", ["xunet", "basicunet"])
+def test_configuration_builds_3d_networks_and_sliding_windows(network):
+    files = ["configs/train.json", "configs/hippocampus.json"] + (
+        ["configs/basicunet.json"] if network == "basicunet" else []
+    )
+    parser = ConfigParser()
+    parser.read_config(files)
+    net = parser.get_parsed_content("network_def")
+    assert type(net).__name__ == ("BasicUNet" if network == "basicunet" else "CrossBasicUNet")
+    logits = net.eval()(torch.zeros(1, 1, 35, 50, 36))  # a typical case, not divisible by 16
+    assert logits.shape == (1, 3, 35, 50, 36)
+    assert isinstance(parser.get_parsed_content("validate#inferer"), SlidingWindowInferer)

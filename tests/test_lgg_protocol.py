@@ -25,7 +25,7 @@ def records(demo_dir, tmp_path_factory) -> Path:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     for network in NETWORKS:
         result = subprocess.run(
-            ["bash", "benchmarks/lgg/run.sh", network, "3", "unused-source", str(work)],
+            ["bash", "benchmarks/run.sh", network, "3", "unused-source", str(work)],
             cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

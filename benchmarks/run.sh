@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One run of a benchmark protocol: train one network with the bundle's train.json on the fixed case-level split, pick
+# the best epoch on fold 0, evaluate it per case on the held-out test cases, and write the run's JSON record to
+# <records>/<network>_seed<seed>.json.
+# Usage: bash benchmarks/run.sh <network> <seed> [source_folder] [work_dir]
+# Networks: xunet (the bundle's default, concat fusion), basicunet, xunet_attention, xunet_projected (issue 7).
+# Environment: TASK (lgg: Kaggle LGG, 2D slices, issue 4; hippocampus: Decathlon Hippocampus, 3D patches with
+# configs/hippocampus.json), EPOCHS (60), VAL_INTERVAL (12), RECORDS_DIR (benchmarks/<task>/records); RESUME=1
+# continues an interrupted run from its last checkpoint (a run may span several sittings). An already prepared
+# work_dir/data is reused. Every training command is appended to <run_dir>/commands.log, which the record keeps.
+set -euo pipefail
+network=${1:?xunet, basicunet, xunet_attention or xunet_projected}
+seed=${2:?seed}
+task=${TASK:-lgg}
+case "$task" in
+    lgg) default_src=../shared/data/lgg/kaggle_3m; prepare=scripts/prepare_lgg.py; task_configs="" ;;
+    hippocampus)
+        default_src=../shared/data/hippocampus; prepare=scripts/prepare_decathlon.py
+        task_configs=",'configs/hippocampus.json'" ;;
+    *) echo "unknown task: $task" >&2; exit 2 ;;
+esac
+src=${3:-$default_src}
+work=${4:-runs/$task}
+epochs=${EPOCHS:-60}
+val_interval=${VAL_INTERVAL:-12}
+run_dir="$work/${network}_seed${seed}"
+records=${RECORDS_DIR:-benchmarks/$task/records}
+
+network_args=()
+case "$network" in
+    xunet) configs="['configs/train.json'$task_configs]" ;;
+    basicunet) configs="['configs/train.json'$task_configs,'configs/basicunet.json']" ;;
+    xunet_attention | xunet_projected)
+        configs="['configs/train.json'$task_configs]"
+        network_args=(--network_def#fusion "${network#xunet_}") ;;
+    *) echo "unknown network: $network" >&2; exit 2 ;;
+esac
+
+[ -f "$work/data/datalist.json" ] || python "$prepare" --src "$src" --dst "$work/data"
+[ "${RESUME:-0}" = 1 ] || rm -rf "$run_dir"
+mkdir -p "$run_dir"
+train_cmd=(python -m monai.bundle run training --config_file "$configs"
+    --dataset_dir "$work/data" --output_dir "$run_dir" --ckpt_dir "$run_dir/models"
+    --seed "$seed" --epochs "$epochs" --val_interval "$val_interval" --progress False
+    ${network_args[@]+"${network_args[@]}"})
+[ "${RESUME:-0}" = 1 ] && train_cmd+=(--resume True)
+eval_cmd=(python -m monai.bundle run evaluating --config_file "${configs%]},'configs/evaluate.json']"
+    --dataset_dir "$work/data" --ckpt_dir "$run_dir/models" --output_dir "$run_dir/eval"
+    ${network_args[@]+"${network_args[@]}"})
+start=$(date +%s)
+commit=$(git rev-parse HEAD)$(git diff --quiet HEAD || echo -dirty)
+echo "$(date -u +%FT%TZ) ${train_cmd[*]}" >> "$run_dir/commands.log"
+"${train_cmd[@]}" 2>&1 | tee -a "$work/${network}_seed${seed}.log"
+"${eval_cmd[@]}" 2>&1 | tee -a "$work/${network}_seed${seed}.log"
+python scripts/record_run.py --run_dir "$run_dir" --network "$network" --seed "$seed" --git_commit "$commit" \
+    --seconds $(($(date +%s) - start)) --eval_command "${eval_cmd[*]}" \
+    --out "$records/${network}_seed${seed}.json"
