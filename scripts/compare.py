@@ -1,13 +1,16 @@
 """
-Turn the JSON records of LGG protocol runs (``benchmarks/run.sh``) into the results table and plots.
+Turn the JSON records of protocol runs (``benchmarks/run.sh``) into the results table and plots.
 
-For each network, a patient's Dice is the mean over that network's seeds; the table gives the mean, median and a
-bootstrap 95% confidence interval across test patients, and, against the baseline network, the per-patient paired
-difference with its paired bootstrap interval.
+For each network, a patient's (case's) Dice is the mean over that network's seeds; the table gives the mean, median
+and a bootstrap 95% confidence interval across test patients, and, against the baseline network, the per-patient
+paired difference with its paired bootstrap interval. With several labels (Hippocampus) a per-label table follows.
+With ``--costs`` (a ``scripts/benchmark.py`` JSON), a Dice-against-cost table and plot are added.
 
 Usage::
 
     python scripts/compare.py --records benchmarks/lgg/records --out_dir benchmarks/lgg
+    python scripts/compare.py --records benchmarks/lgg/variants/records --out_dir benchmarks/lgg/variants \
+        --costs benchmarks/speed/variants_cpu_2cores.json
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 CONFIDENCE = 0.95
+# the scripts/benchmark.py model measuring each network's cost
+BENCHMARK_MODEL = {
+    "basicunet": "basicunet",
+    "xunet": "xunet_fast",
+    "xunet_attention": "xunet_attention",
+    "xunet_projected": "xunet_projected",
+}
 
 
 def load_records(folder: str | Path) -> dict[str, list[dict]]:
@@ -98,6 +108,71 @@ def summary_rows(records: dict[str, list[dict]], baseline: str) -> list[str]:
     return rows
 
 
+def per_label_rows(records: dict[str, list[dict]]) -> list[str]:
+    """Markdown rows of the per-label test Dice (mean over seeds, then over cases), when runs recorded labels."""
+    rows = []
+    for network, runs in records.items():
+        labels = runs[0].get("test_dice_per_label") or {}
+        for label in sorted(labels, key=int):
+            per_case = {
+                case: np.mean([run["test_dice_per_label"][label][case] for run in runs]) for case in labels[label]
+            }
+            dice = np.array(list(per_case.values()))
+            low, high = mean_interval(dice)
+            rows.append(f"| {network} | {label} | {dice.mean():.3f} | {low:.3f} - {high:.3f} | {np.median(dice):.3f} |")
+    if not rows:
+        return []
+    return ["", "| network | label | mean Dice | 95% CI | median Dice |", "| --- | --- | --- | --- | --- |"] + rows
+
+
+def cost_rows(records: dict[str, list[dict]], costs: list[dict], case: str) -> tuple[list[str], dict[str, dict]]:
+    """Markdown rows of test Dice against cost (ratios to BasicUNet from one benchmark run), and the figures."""
+    measured = {(row["model"], row["mode"]): row for row in costs if row["case"] == case and "time_ratio" in row}
+    figures = {}
+    for network, runs in records.items():
+        model = BENCHMARK_MODEL.get(network)
+        if (model, "train") not in measured:
+            continue
+        train, infer = measured[(model, "train")], measured[(model, "infer")]
+        figures[network] = {
+            "dice": float(np.mean(list(per_patient(runs, "test_dice").values()))),
+            "parameters": train["parameters"],
+            "train_ratio": train["time_ratio"],
+            "infer_ratio": infer["time_ratio"],
+            "memory_ratio": train["memory_ratio"],
+        }
+    rows = [
+        "",
+        f"Cost: `scripts/benchmark.py`, case `{case}`, ratios to BasicUNet measured in the same run.",
+        "",
+        "| network | parameters | mean test Dice | train step (x BasicUNet) | inference (x BasicUNet) | "
+        "peak training memory (x BasicUNet) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for network, f in figures.items():
+        rows.append(
+            f"| {network} | {f['parameters']:,} | {f['dice']:.3f} | {f['train_ratio']:.2f} | {f['infer_ratio']:.2f} | "
+            f"{f['memory_ratio']:.2f} |"
+        )
+    return rows, figures
+
+
+def plot_dice_against_cost(figures: dict[str, dict], case: str, path: Path) -> None:
+    """Mean test Dice against train-step time (ratio to BasicUNet), one point per network, sized by parameters."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    largest = max(f["parameters"] for f in figures.values())
+    for network, f in figures.items():
+        ax.scatter(f["train_ratio"], f["dice"], s=300 * f["parameters"] / largest, alpha=0.7)
+        ax.annotate(network, (f["train_ratio"], f["dice"]), textcoords="offset points", xytext=(8, 4))
+    ax.set_xlabel(f"train step time, x BasicUNet ({case}, same benchmark run)")
+    ax.set_ylabel("mean test Dice")
+    ax.set_title("Dice against cost (marker area: parameters)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_learning_curves(records: dict[str, list[dict]], path: Path) -> None:
     """Validation Dice and training loss per epoch of every run."""
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4))
@@ -142,29 +217,49 @@ def plot_per_patient(records: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def main(records: str = "benchmarks/lgg/records", out_dir: str = "benchmarks/lgg", baseline: str = "basicunet") -> None:
+def main(
+    records: str = "benchmarks/lgg/records",
+    out_dir: str = "benchmarks/lgg",
+    baseline: str = "basicunet",
+    costs: str | None = None,
+    cost_case: str = "2d_b4",
+    title: str = "LGG protocol results",
+) -> None:
     """
     Args:
         records: folder of run records (``<network>_seed<seed>.json``).
-        out_dir: receives ``results.md``, ``learning_curves.png`` and ``per_patient_dice.png``.
+        out_dir: receives ``results.md``, ``learning_curves.png``, ``per_patient_dice.png`` and, with ``costs``,
+            ``dice_vs_cost.png``.
         baseline: network the others are compared with, patient by patient.
+        costs: a JSON written by ``scripts/benchmark.py --json_out``, for the Dice-against-cost table and plot.
+        cost_case: the benchmark case giving the costs (``2d_b4`` for LGG, ``3d_b1`` for Hippocampus).
+        title: heading of ``results.md``.
     """
     grouped = load_records(records)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = summary_rows(grouped, baseline)
+    rows = summary_rows(grouped, baseline) + per_label_rows(grouped)
+    figures = {}
+    if costs:
+        more, figures = cost_rows(grouped, json.loads(Path(costs).read_text()), cost_case)
+        rows += more
     num_patients = len(next(iter(grouped.values()))[0]["test_dice"])
     header = [
-        "# LGG protocol results",
+        f"# {title}",
         "",
-        f"Generated by `python scripts/compare.py --records {records} --out_dir {out_dir}` from "
-        f"{sum(len(r) for r in grouped.values())} run records; {num_patients} test patients; Dice of the tumour "
-        "label per patient in 3D; HD95 in voxels; intervals are bootstrap (BCa) 95% intervals across patients.",
+        f"Generated by `python scripts/compare.py --records {records} --out_dir {out_dir}"
+        + (f" --costs {costs} --cost_case {cost_case}" if costs else "")
+        + (f" --title '{title}'" if title != "LGG protocol results" else "")
+        + f"` from {sum(len(r) for r in grouped.values())} run records; {num_patients} test patients (cases); "
+        "Dice per patient in 3D (the mean over foreground labels when there are several); HD95 in voxels; "
+        "intervals are bootstrap (BCa) 95% intervals across patients.",
         "",
     ]
     (out / "results.md").write_text("\n".join(header + rows) + "\n")
     plot_learning_curves(grouped, out / "learning_curves.png")
     plot_per_patient(grouped, out / "per_patient_dice.png")
+    if figures:
+        plot_dice_against_cost(figures, cost_case, out / "dice_vs_cost.png")
     print("\n".join(rows))
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -118,3 +121,28 @@ def test_configuration_builds_3d_networks_and_sliding_windows(network):
     logits = net.eval()(torch.zeros(1, 1, 35, 50, 36))  # a typical case, not divisible by 16
     assert logits.shape == (1, 3, 35, 50, 36)
     assert isinstance(parser.get_parsed_content("validate#inferer"), SlidingWindowInferer)
+
+
+def test_protocol_run_records_per_label_dice(task, tmp_path):
+    """``TASK=hippocampus benchmarks/run.sh``: one epoch per network, records with per-label Dice, the comparison."""
+    env = {**os.environ, "TASK": "hippocampus", "EPOCHS": "1", "VAL_INTERVAL": "1", "RECORDS_DIR": str(tmp_path)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for network in ("xunet", "basicunet"):
+        result = subprocess.run(
+            ["bash", "benchmarks/run.sh", network, "0", str(task), str(tmp_path / "work")],
+            cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads((tmp_path / "xunet_seed0.json").read_text())
+    assert "configs/hippocampus.json" in record["train_commands"][0]
+    per_label = record["test_dice_per_label"]
+    assert sorted(per_label) == ["1", "2"] and set(per_label["1"]) == set(record["test_dice"])
+    for case, dice in record["test_dice"].items():
+        assert dice == pytest.approx((per_label["1"][case] + per_label["2"][case]) / 2, abs=1e-6)
+    result = subprocess.run(
+        [sys.executable, "scripts/compare.py", "--records", str(tmp_path), "--out_dir", str(tmp_path / "out")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| xunet | 2 |" in table and "| basicunet | 1 |" in table

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-NETWORKS = ("xunet", "basicunet")
+NETWORKS = ("xunet", "basicunet", "xunet_projected")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,10 @@ def test_record_holds_commands_curves_and_per_patient_metrics(records, demo_dir)
     assert len(record["git_commit"]) >= 40
     assert record["epochs"] == 1 and len(record["train_loss"]) == record["epoch_length"]
     assert [step for step, _ in record["val_mean_dice"]] == [1]
+    assert record["test_dice_per_label"] == {}  # a single foreground label
+    variant = json.loads((records / "xunet_projected_seed3.json").read_text())
+    assert "--network_def#fusion projected" in variant["train_commands"][0]
+    assert "--network_def#fusion projected" in variant["eval_command"]
 
 
 def test_compare_tabulates_both_networks_with_paired_difference(records, tmp_path):
@@ -58,6 +62,31 @@ def test_compare_tabulates_both_networks_with_paired_difference(records, tmp_pat
     assert f"| xunet - basicunet | {difference:+.3f} |" in table
     for png in ("learning_curves.png", "per_patient_dice.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_puts_dice_against_cost(records, tmp_path):
+    costs = []
+    for model, train_ratio, params in (
+        ("basicunet", 1.0, 100),
+        ("xunet_fast", 1.4, 150),
+        ("xunet_projected", 1.1, 110),
+    ):
+        for mode in ("train", "infer"):
+            row = {"case": "2d_b4", "mode": mode, "model": model, "parameters": params}
+            costs.append({**row, "time_ratio": train_ratio if mode == "train" else 1.2, "memory_ratio": 1.05})
+    (tmp_path / "costs.json").write_text(json.dumps(costs))
+    result = subprocess.run(
+        [sys.executable, "scripts/compare.py", "--records", str(records), "--out_dir", str(tmp_path),
+         "--costs", str(tmp_path / "costs.json")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "results.md").read_text()
+    dice = np.mean(list(json.loads((records / "xunet_projected_seed3.json").read_text())["test_dice"].values()))
+    assert f"| xunet_projected | 110 | {dice:.3f} | 1.10 | 1.20 | 1.05 |" in table
+    assert "| xunet | 150 |" in table and "| basicunet | 100 |" in table
+    assert "--costs" in table  # the command that made the table
+    assert (tmp_path / "dice_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_compare_refuses_records_of_different_patients(records, tmp_path):
