@@ -5,7 +5,8 @@
 # Usage: bash benchmarks/run.sh <network> <seed> [source_folder] [work_dir]
 # Networks: xunet (the bundle's default, concat fusion), basicunet, xunet_attention, xunet_projected (issue 7).
 # Environment: TASK (lgg: Kaggle LGG, 2D slices, issue 4; hippocampus: Decathlon Hippocampus, 3D patches with
-# configs/hippocampus.json), EPOCHS (60), VAL_INTERVAL (12), RECORDS_DIR (benchmarks/<task>/records); RESUME=1
+# configs/hippocampus.json), EPOCHS (60), VAL_INTERVAL (12), RECORDS_DIR (benchmarks/<task>/records),
+# LARGEST_COMPONENT_EVAL (1 for lgg: also evaluate with the largest-component post-processing); RESUME=1
 # continues an interrupted run from its last checkpoint (a run may span several sittings). An already prepared
 # work_dir/data is reused. Every training command is appended to <run_dir>/commands.log, which the record keeps.
 set -euo pipefail
@@ -13,10 +14,12 @@ network=${1:?xunet, basicunet, xunet_attention or xunet_projected}
 seed=${2:?seed}
 task=${TASK:-lgg}
 case "$task" in
-    lgg) default_src=../shared/data/lgg/kaggle_3m; prepare=scripts/prepare_lgg.py; task_configs="" ;;
+    lgg)
+        default_src=../shared/data/lgg/kaggle_3m; prepare=scripts/prepare_lgg.py; task_configs=""
+        lcc_eval=${LARGEST_COMPONENT_EVAL:-1} ;;
     hippocampus)
         default_src=../shared/data/hippocampus; prepare=scripts/prepare_decathlon.py
-        task_configs=",'configs/hippocampus.json'" ;;
+        task_configs=",'configs/hippocampus.json'"; lcc_eval=0 ;;
     *) echo "unknown task: $task" >&2; exit 2 ;;
 esac
 src=${3:-$default_src}
@@ -44,14 +47,21 @@ train_cmd=(python -m monai.bundle run training --config_file "$configs"
     --seed "$seed" --epochs "$epochs" --val_interval "$val_interval" --progress False
     ${network_args[@]+"${network_args[@]}"})
 [ "${RESUME:-0}" = 1 ] && train_cmd+=(--resume True)
-eval_cmd=(python -m monai.bundle run evaluating --config_file "${configs%]},'configs/evaluate.json']"
-    --dataset_dir "$work/data" --ckpt_dir "$run_dir/models" --output_dir "$run_dir/eval"
-    ${network_args[@]+"${network_args[@]}"})
+# the network's own output first (the architecture comparison), then with the largest-component post-processing
+eval_base=(python -m monai.bundle run evaluating --config_file "${configs%]},'configs/evaluate.json']"
+    --dataset_dir "$work/data" --ckpt_dir "$run_dir/models" ${network_args[@]+"${network_args[@]}"})
+eval_cmd=("${eval_base[@]}" --output_dir "$run_dir/eval" --largest_component False)
+lcc_eval_cmd=("${eval_base[@]}" --output_dir "$run_dir/eval_largest_component" --largest_component True)
 start=$(date +%s)
 commit=$(git rev-parse HEAD)$(git diff --quiet HEAD || echo -dirty)
 echo "$(date -u +%FT%TZ) ${train_cmd[*]}" >> "$run_dir/commands.log"
 "${train_cmd[@]}" 2>&1 | tee -a "$work/${network}_seed${seed}.log"
 "${eval_cmd[@]}" 2>&1 | tee -a "$work/${network}_seed${seed}.log"
+record_args=()
+if [ "$lcc_eval" = 1 ]; then
+    "${lcc_eval_cmd[@]}" 2>&1 | tee -a "$work/${network}_seed${seed}.log"
+    record_args=(--largest_component_eval_command "${lcc_eval_cmd[*]}")
+fi
 python scripts/record_run.py --run_dir "$run_dir" --network "$network" --seed "$seed" --git_commit "$commit" \
-    --seconds $(($(date +%s) - start)) --eval_command "${eval_cmd[*]}" \
+    --seconds $(($(date +%s) - start)) --eval_command "${eval_cmd[*]}" ${record_args[@]+"${record_args[@]}"} \
     --out "$records/${network}_seed${seed}.json"

@@ -70,23 +70,31 @@ def mean_interval(values: np.ndarray) -> tuple[float, float]:
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def summary_rows(records: dict[str, list[dict]], baseline: str) -> list[str]:
-    """Markdown rows: per network, then the paired differences to ``baseline``."""
+def summary_rows(records: dict[str, list[dict]], baseline: str, suffix: str = "") -> list[str]:
+    """
+    Markdown rows: per network, then the paired differences to ``baseline``.
+
+    Args:
+        records: run records grouped by network.
+        baseline: network the others are compared with.
+        suffix: ``""`` for the network's own output, ``"_largest_component"`` for the post-processed evaluation.
+    """
+    dice_key, hd95_key = "test_dice" + suffix, "test_hd95" + suffix
     rows = [
         "| network | seeds | mean Dice per seed | mean Dice | 95% CI | median Dice | mean HD95 | median HD95 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for network, runs in records.items():
-        dice = np.array(list(per_patient(runs, "test_dice").values()))
-        hd95 = np.array(list(per_patient(runs, "test_hd95").values()))
-        seed_means = ", ".join(f"{np.mean(list(run['test_dice'].values())):.3f}" for run in runs)
+        dice = np.array(list(per_patient(runs, dice_key).values()))
+        hd95 = np.array(list(per_patient(runs, hd95_key).values()))
+        seed_means = ", ".join(f"{np.mean(list(run[dice_key].values())):.3f}" for run in runs)
         low, high = mean_interval(dice)
         rows.append(
             f"| {network} | {len(runs)} | {seed_means} | {dice.mean():.3f} | {low:.3f} - {high:.3f} | "
             f"{np.median(dice):.3f} | {np.nanmean(hd95):.1f} | {np.nanmedian(hd95):.1f} |"
         )
     if baseline in records:
-        base = per_patient(records[baseline], "test_dice")
+        base = per_patient(records[baseline], dice_key)
         rows += [
             "",
             "| paired difference (per patient) | mean | 95% CI (paired bootstrap) | patients better | p (Wilcoxon) |",
@@ -95,7 +103,7 @@ def summary_rows(records: dict[str, list[dict]], baseline: str) -> list[str]:
         for network, runs in records.items():
             if network == baseline:
                 continue
-            other = per_patient(runs, "test_dice")
+            other = per_patient(runs, dice_key)
             if set(other) != set(base):
                 raise ValueError(f"{network} and {baseline} were tested on different patients.")
             diff = np.array([other[p] - base[p] for p in base])
@@ -239,6 +247,9 @@ def main(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(grouped, baseline) + per_label_rows(grouped)
+    if all("test_dice_largest_component" in run for runs in grouped.values() for run in runs):
+        rows += ["", "With the largest-component post-processing (`--largest_component True`):", ""]
+        rows += summary_rows(grouped, baseline, "_largest_component")
     figures = {}
     if costs:
         more, figures = cost_rows(grouped, json.loads(Path(costs).read_text()), cost_case)
@@ -251,8 +262,8 @@ def main(
         + (f" --costs {costs} --cost_case {cost_case}" if costs else "")
         + (f" --title '{title}'" if title != "LGG protocol results" else "")
         + f"` from {sum(len(r) for r in grouped.values())} run records; {num_patients} test patients (cases); "
-        "Dice per patient in 3D (the mean over foreground labels when there are several); HD95 in voxels; "
-        "intervals are bootstrap (BCa) 95% intervals across patients.",
+        "Dice per patient in 3D of the network's own output unless stated (the mean over foreground labels when "
+        "there are several); HD95 in voxels; intervals are bootstrap (BCa) 95% intervals across patients.",
         "",
     ]
     (out / "results.md").write_text("\n".join(header + rows) + "\n")

@@ -84,6 +84,7 @@ def main(
     eval_command: str,
     out: str,
     git_commit: str | None = None,
+    largest_component_eval_command: str | None = None,
 ) -> None:
     """
     Args:
@@ -94,6 +95,8 @@ def main(
         eval_command: the evaluation command line, as run.
         out: the JSON record to write.
         git_commit: the commit the run started from (default: the one checked out now).
+        largest_component_eval_command: the second evaluation, with the largest-component post-processing, whose
+            metrics are in ``eval_largest_component/`` (LGG).
     """
     run_dir = Path(run_dir)
     dice = read_per_case(run_dir / "eval" / "val_mean_dice_raw.csv")
@@ -121,6 +124,11 @@ def main(
         "train_loss": curves.get("train_loss", []),
         "val_mean_dice": curves.get("val_mean_dice", []),
     }
+    if largest_component_eval_command:
+        lcc_dir = run_dir / "eval_largest_component"
+        record["largest_component_eval_command"] = largest_component_eval_command
+        record["test_dice_largest_component"] = read_per_case(lcc_dir / "val_mean_dice_raw.csv")
+        record["test_hd95_largest_component"] = read_per_case(lcc_dir / "val_hd95_raw.csv")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, out)
     print(f"wrote {out}: {len(dice)} test patients, mean Dice {sum(dice.values()) / len(dice):.4f}")
@@ -135,6 +143,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval_command", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--git_commit")
+    parser.add_argument("--largest_component_eval_command")
     return parser.parse_args()
 
 

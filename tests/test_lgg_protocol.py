@@ -43,6 +43,9 @@ def test_record_holds_commands_curves_and_per_patient_metrics(records, demo_dir)
     assert record["epochs"] == 1 and len(record["train_loss"]) == record["epoch_length"]
     assert [step for step, _ in record["val_mean_dice"]] == [1]
     assert record["test_dice_per_label"] == {}  # a single foreground label
+    assert "--largest_component False" in record["eval_command"]
+    assert "--largest_component True" in record["largest_component_eval_command"]
+    assert set(record["test_dice_largest_component"]) == set(record["test_dice"])
     variant = json.loads((records / "xunet_projected_seed3.json").read_text())
     assert "--network_def#fusion projected" in variant["train_commands"][0]
     assert "--network_def#fusion projected" in variant["eval_command"]
@@ -60,6 +63,9 @@ def test_compare_tabulates_both_networks_with_paired_difference(records, tmp_pat
         assert f"| {network} | 1 | {np.mean(list(dice[network].values())):.3f} |" in table
     difference = np.mean([dice["xunet"][p] - dice["basicunet"][p] for p in dice["xunet"]])
     assert f"| xunet - basicunet | {difference:+.3f} |" in table
+    assert "With the largest-component post-processing" in table
+    processed = json.loads((records / "basicunet_seed3.json").read_text())["test_dice_largest_component"]
+    assert f"| basicunet | 1 | {np.mean(list(processed.values())):.3f} |" in table
     for png in ("learning_curves.png", "per_patient_dice.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
