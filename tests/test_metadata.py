@@ -36,10 +36,9 @@ def test_metadata_agrees_with_the_configs():
     for name in ("train.json", "inference.json"):
         parser = ConfigParser()
         parser.read_config(str(CONFIGS / name))
-        net = parser.get("network_def")
-        assert fmt["inputs"]["image"]["num_channels"] == net["in_channels"]
-        assert fmt["outputs"]["pred"]["num_channels"] == parser.get_parsed_content("num_classes")
-        assert len(fmt["inputs"]["image"]["spatial_shape"]) == net["spatial_dims"]
+        assert fmt["inputs"]["image"]["num_channels"] == parser.get_parsed_content("network_def#in_channels")
+        assert fmt["outputs"]["pred"]["num_channels"] == parser.get_parsed_content("network_def#out_channels")
+        assert len(fmt["inputs"]["image"]["spatial_shape"]) == parser.get_parsed_content("network_def#spatial_dims")
     assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "tumor"}
 
 
