@@ -113,8 +113,6 @@ class UpCatAll(nn.Module):
         if fusion == "attention":
             self.attention = ChannelSELayer(spatial_dims, fused_chns, r=attention_reduction)
         self.convs = TwoConv(spatial_dims, fused_chns, out_chns, act, norm, bias, dropout)
-        self.up_chns = up_chns
-        self.encoder_chns = list(encoder_chns)
         self.fast = True
 
     def forward(self, x: torch.Tensor, encoder_features: list[torch.Tensor], level: int) -> torch.Tensor:
