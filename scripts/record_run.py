@@ -35,31 +35,34 @@ def current_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
-def read_per_case(csv_path: Path) -> dict[str, float]:
-    """Per-case values of a MONAI ``MetricsSaver`` ``*_raw.csv``, keyed by the case's file name."""
+def read_raw_table(csv_path: Path) -> list[dict[str, str]]:
+    """The rows of a MONAI ``MetricsSaver`` ``*_raw.csv`` (one per case: ``filename``, per-class columns, ``mean``)."""
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     if not rows or "filename" not in rows[0]:
         raise ValueError(f"{csv_path}: not a MetricsSaver per-case table.")
-    return {Path(row["filename"]).name.split(".")[0]: float(row["mean"]) for row in rows}
+    return rows
 
 
-def read_per_label(csv_path: Path) -> dict[str, dict[str, float]]:
+def per_case(rows: list[dict[str, str]], column: str = "mean") -> dict[str, float]:
+    """One column of a raw table, keyed by the case's file name."""
+    return {Path(row["filename"]).name.split(".")[0]: float(row[column]) for row in rows}
+
+
+def read_per_case(csv_path: Path) -> dict[str, float]:
+    """Per-case values (the mean over classes) of a ``MetricsSaver`` ``*_raw.csv``, keyed by the case's file name."""
+    return per_case(read_raw_table(csv_path))
+
+
+def per_label(rows: list[dict[str, str]]) -> dict[str, dict[str, float]]:
     """
-    Per-label values of a ``MetricsSaver`` ``*_raw.csv`` (columns ``class0``, ``class1``, ... for labels 1, 2, ...
-    when the background is excluded), as ``{label: {case: value}}``; empty for a single foreground label.
+    Per-label values of a raw table (columns ``class0``, ``class1``, ... for labels 1, 2, ... when the background is
+    excluded), as ``{label: {case: value}}``; empty for a single foreground label.
     """
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
     classes = [column for column in rows[0] if column.startswith("class")]
     if len(classes) < 2:
         return {}
-    return {
-        str(int(column.removeprefix("class")) + 1): {
-            Path(row["filename"]).name.split(".")[0]: float(row[column]) for row in rows
-        }
-        for column in classes
-    }
+    return {str(int(column.removeprefix("class")) + 1): per_case(rows, column) for column in classes}
 
 
 def read_commands(log: Path) -> list[str]:
@@ -99,7 +102,8 @@ def main(
             metrics are in ``eval_largest_component/`` (LGG).
     """
     run_dir = Path(run_dir)
-    dice = read_per_case(run_dir / "eval" / "val_mean_dice_raw.csv")
+    dice_table = read_raw_table(run_dir / "eval" / "val_mean_dice_raw.csv")
+    dice = per_case(dice_table)
     hd95 = read_per_case(run_dir / "eval" / "val_hd95_raw.csv")
     curves = read_curves(run_dir / "tensorboard")
     trainer = torch.load(latest_checkpoint(run_dir / "checkpoints"), weights_only=True)["trainer"]
@@ -120,7 +124,7 @@ def main(
         "epoch_length": int(trainer["epoch_length"]),
         "test_dice": dice,
         "test_hd95": hd95,
-        "test_dice_per_label": read_per_label(run_dir / "eval" / "val_mean_dice_raw.csv"),
+        "test_dice_per_label": per_label(dice_table),
         "train_loss": curves.get("train_loss", []),
         "val_mean_dice": curves.get("val_mean_dice", []),
     }
