@@ -6,7 +6,8 @@
 # Networks: xunet (the bundle's default, concat fusion), basicunet, xunet_attention, xunet_projected (issue 7).
 # Environment: TASK (lgg: Kaggle LGG, 2D slices, issue 4; hippocampus: Decathlon Hippocampus, 3D patches with
 # configs/hippocampus.json), EPOCHS (60), VAL_INTERVAL (12), RECORDS_DIR (benchmarks/<task>/records),
-# LARGEST_COMPONENT_EVAL (1 for lgg: also evaluate with the largest-component post-processing); RESUME=1
+# LARGEST_COMPONENT_EVAL (1 for lgg: also evaluate with the largest-component post-processing), MIRROR_AXES (test-time
+# mirroring in validation and evaluation; [] by default: the protocol compares the networks' own outputs); RESUME=1
 # continues an interrupted run from its last checkpoint (a run may span several sittings). An already prepared
 # work_dir/data is reused. Every training command is appended to <run_dir>/commands.log, which the record keeps.
 set -euo pipefail
@@ -25,6 +26,7 @@ esac
 src=${3:-$default_src}
 work=${4:-runs/$task}
 epochs=${EPOCHS:-60}
+mirror_axes=${MIRROR_AXES:-[]}
 val_interval=${VAL_INTERVAL:-12}
 run_dir="$work/${network}_seed${seed}"
 records=${RECORDS_DIR:-benchmarks/$task/records}
@@ -44,12 +46,13 @@ esac
 mkdir -p "$run_dir"
 train_cmd=(python -m monai.bundle run training --config_file "$configs"
     --dataset_dir "$work/data" --output_dir "$run_dir" --ckpt_dir "$run_dir/models"
-    --seed "$seed" --epochs "$epochs" --val_interval "$val_interval" --progress False
+    --seed "$seed" --epochs "$epochs" --val_interval "$val_interval" --mirror_axes "$mirror_axes" --progress False
     ${network_args[@]+"${network_args[@]}"})
 [ "${RESUME:-0}" = 1 ] && train_cmd+=(--resume True)
 # the network's own output first (the architecture comparison), then with the largest-component post-processing
 eval_base=(python -m monai.bundle run evaluating --config_file "${configs%]},'configs/evaluate.json']"
-    --dataset_dir "$work/data" --ckpt_dir "$run_dir/models" ${network_args[@]+"${network_args[@]}"})
+    --dataset_dir "$work/data" --ckpt_dir "$run_dir/models" --mirror_axes "$mirror_axes"
+    ${network_args[@]+"${network_args[@]}"})
 eval_cmd=("${eval_base[@]}" --output_dir "$run_dir/eval" --largest_component False)
 lcc_eval_cmd=("${eval_base[@]}" --output_dir "$run_dir/eval_largest_component" --largest_component True)
 start=$(date +%s)

@@ -94,11 +94,12 @@ def test_evaluation_writes_per_patient_dice_and_hd95(trained, demo_dir):
     assert all(0.0 <= d <= 1.0 for d in dice)
 
 
-def test_inference_writes_one_segmentation_per_volume_with_its_geometry(trained, demo_dir):
-    out = trained / "pred"
+@pytest.mark.parametrize("mirror_axes", ["[]", "[0,1]"])
+def test_inference_writes_one_segmentation_per_volume_with_its_geometry(trained, demo_dir, mirror_axes):
+    out = trained / ("pred" if mirror_axes == "[]" else "pred_mirrored")
     run_bundle(
         "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(demo_dir / "imagesTr"),
-        "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
+        "--ckpt_dir", str(trained / "models"), "--output_dir", str(out), "--mirror_axes", mirror_axes,
     )  # fmt: skip
     inputs = sorted((demo_dir / "imagesTr").glob("*.nii.gz"))
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name.replace(".nii.gz", "_seg.nii.gz") for p in inputs)

@@ -120,7 +120,7 @@ def test_configuration_builds_3d_networks_and_sliding_windows(network):
     assert type(net).__name__ == ("BasicUNet" if network == "basicunet" else "CrossBasicUNet")
     logits = net.eval()(torch.zeros(1, 1, 35, 50, 36))  # a typical case, not divisible by 16
     assert logits.shape == (1, 3, 35, 50, 36)
-    assert isinstance(parser.get_parsed_content("validate#inferer"), SlidingWindowInferer)
+    assert isinstance(parser.get_parsed_content("validate#inferer").inferer, SlidingWindowInferer)
 
 
 def test_protocol_run_records_per_label_dice(task, tmp_path):

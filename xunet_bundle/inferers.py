@@ -1,0 +1,58 @@
+"""Test-time mirroring around any MONAI inferer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import combinations
+from typing import Any
+
+import torch
+from monai.inferers import Inferer
+
+__all__ = ["MirroringInferer"]
+
+
+class MirroringInferer(Inferer):
+    """
+    Runs ``inferer`` on the input and on its mirror images along every subset of ``spatial_axes``, mirrors each
+    prediction back and averages the softmax probabilities (test-time mirroring, as nnU-Net does).
+
+    The result is the logarithm of the averaged probabilities, so a later softmax (``Activationsd(softmax=True)``)
+    gives back exactly the averaged probabilities and an argmax picks their largest class. With no ``spatial_axes``
+    the wrapped inferer's output is returned unchanged.
+
+    Args:
+        inferer: the inferer run on each mirrored copy, e.g. ``SliceInferer`` or ``SlidingWindowInferer``.
+        spatial_axes: spatial axes to mirror, 0 being the first spatial axis (tensor dimension 2). Every subset is
+            used, so ``2 ** len(spatial_axes)`` predictions are averaged. Mirror only along axes the training
+            augmentation flipped: the network has not learned the others.
+    """
+
+    def __init__(self, inferer: Inferer, spatial_axes: Sequence[int] = ()) -> None:
+        axes = tuple(int(axis) for axis in spatial_axes)
+        if len(set(axes)) != len(axes) or any(axis < 0 for axis in axes):
+            raise ValueError(f"spatial_axes must be distinct non-negative spatial axes, got {list(spatial_axes)}.")
+        self.inferer = inferer
+        self.spatial_axes = axes
+        self.flipped_dims = [
+            tuple(axis + 2 for axis in subset) for size in range(len(axes) + 1) for subset in combinations(axes, size)
+        ]
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not self.spatial_axes:
+            return self.inferer(inputs, network, *args, **kwargs)
+        spatial_dims = inputs.ndim - 2
+        if max(self.spatial_axes) >= spatial_dims:
+            raise ValueError(
+                f"cannot mirror spatial axis {max(self.spatial_axes)} of an input with {spatial_dims} spatial axes "
+                f"(shape {tuple(inputs.shape)})."
+            )
+        probabilities = None
+        for dims in self.flipped_dims:
+            logits = self.inferer(torch.flip(inputs, dims) if dims else inputs, network, *args, **kwargs)
+            mirrored_back = torch.softmax(logits.float(), dim=1)
+            if dims:
+                mirrored_back = torch.flip(mirrored_back, dims)
+            probabilities = mirrored_back if probabilities is None else probabilities + mirrored_back
+        probabilities = probabilities / len(self.flipped_dims)
+        return torch.log(probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny))
