@@ -125,3 +125,30 @@ def test_torch_compile_matches_eager(fusion):
     compiled = torch.compile(net, backend="aot_eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_trains_with_the_same_gradients():
+    torch.manual_seed(0)
+    net = CrossBasicUNet(features=SMALL)
+    compiled_net = copy.deepcopy(net)
+    compiled = torch.compile(compiled_net, backend="aot_eager")
+    x = torch.randn(2, 3, 32, 32)
+    grad = torch.randn(2, 2, 32, 32)
+    net(x).backward(grad)
+    compiled(x).backward(grad)
+    for (name, p_eager), p_compiled in zip(net.named_parameters(), compiled_net.parameters()):
+        torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_accumulator_is_updated_in_place_unless_it_is_a_leaf_that_requires_grad():
+    x, weight = torch.randn(1, 2, 4, 4, dtype=torch.float64), torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    expected = reference_conv_nearest_upsampled(x, weight, [16, 16])
+    out = torch.zeros(1, 3, 16, 16, dtype=torch.float64)
+    assert add_conv_nearest_upsampled(out, x, weight) is out
+    torch.testing.assert_close(out, expected)
+    leaf = torch.zeros(1, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    result = add_conv_nearest_upsampled(leaf, x, weight)
+    assert result is not leaf and not leaf.detach().any()
+    grad = torch.randn_like(result)
+    result.backward(grad)
+    torch.testing.assert_close(leaf.grad, grad)

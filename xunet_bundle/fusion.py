@@ -35,6 +35,8 @@ FIRST, MIDDLE, LAST = 0, 1, 2
 _EDGE_FOLD = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))  # first, last: 2 taps each
 _MIDDLE_FOLD = (((1.0, 1.0, 1.0),),)  # middle: 1 tap
 
+Classes = tuple[int, ...]  # the phase class (FIRST, MIDDLE or LAST) along each spatial dimension
+
 
 def conv_nd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 0) -> torch.Tensor:
     """A convolution in 1D, 2D or 3D, following the input's number of dimensions."""
@@ -91,32 +93,15 @@ def _fold_weight(weight: torch.Tensor, middle_dims: tuple[bool, ...]) -> torch.T
     return folded.reshape(-1, out_chns, in_chns, *folded.shape[-n:])
 
 
-def _interleave_phases(blocks: dict[tuple[int, ...], torch.Tensor], scale: int, ndim: int) -> torch.Tensor:
+def _phase_results(x: torch.Tensor, weight: torch.Tensor, scale: int) -> list[tuple[torch.Tensor, list[Classes]]]:
     """
-    Assemble the full-resolution result from the per-class blocks (each at the source's resolution): along every
-    dimension, output ``s * p + phase`` takes position ``p`` of the block of the phase's class.
+    The convolutions at the source's resolution: one per combination of edge / middle dimensions, each computing the
+    phase classes of that combination at once, as ``(batch, classes, out, *spatial)`` with its list of classes (a
+    class being a tuple of per-dimension kinds). Along an edge dimension the result is one longer than the source.
     """
-    for dim in range(ndim - 1, -1, -1):
-        axis = 3 + dim  # the phase axis inserted right after spatial dimension ``dim``
-        merged: dict[tuple[int, ...], torch.Tensor] = {}
-        for key in {k[:dim] for k in blocks}:
-            parts = [blocks[key + (FIRST,)].unsqueeze(axis)]
-            if scale > 2:
-                middle = blocks[key + (MIDDLE,)].unsqueeze(axis)
-                parts.append(middle.expand(*middle.shape[:axis], scale - 2, *middle.shape[axis + 1 :]))
-            parts.append(blocks[key + (LAST,)].unsqueeze(axis))
-            phased = torch.cat(parts, dim=axis)
-            merged[key] = phased.flatten(axis - 1, axis)
-        blocks = merged
-    return blocks[()]
-
-
-def _phase_blocks(x: torch.Tensor, weight: torch.Tensor, scale: int) -> dict[tuple[int, ...], torch.Tensor]:
-    """The result of every phase class (a tuple of per-dimension classes) at the source's resolution."""
-    source_size = list(x.shape[2:])
-    n = len(source_size)
+    n = x.dim() - 2
     out_chns = weight.shape[0]
-    blocks: dict[tuple[int, ...], torch.Tensor] = {}
+    results = []
     for middle_dims in itertools.product((False, True) if scale > 2 else (False,), repeat=n):
         folded = _fold_weight(weight, middle_dims)
         pads = []
@@ -125,40 +110,79 @@ def _phase_blocks(x: torch.Tensor, weight: torch.Tensor, scale: int) -> dict[tup
         result = conv_nd(F.pad(x, pads), folded.reshape(-1, *folded.shape[2:]))
         result = result.view(x.shape[0], -1, out_chns, *result.shape[2:])
         edge_classes = [[MIDDLE] if middle else [FIRST, LAST] for middle in middle_dims]
-        for index, combination in enumerate(itertools.product(*edge_classes)):
-            block = result[:, index]
-            for dim, kind in enumerate(combination):
-                if kind != MIDDLE:  # first phase reads (p - 1, p): outputs 0..S-1; last reads (p, p + 1): 1..S
-                    block = block.narrow(2 + dim, 0 if kind == FIRST else 1, source_size[dim])
-            blocks[combination] = block
-    return blocks
+        results.append((result, list(itertools.product(*edge_classes))))
+    return results
 
 
-def _add_phases_(out: torch.Tensor, blocks: dict[tuple[int, ...], torch.Tensor], scale: int) -> torch.Tensor:
+def _class_block(result: torch.Tensor, index: int, combination: Classes, source_size: list[int]) -> torch.Tensor:
+    """The view of ``result`` (see :func:`_phase_results`) holding class ``index``, at the source's size."""
+    block = result[:, index]
+    for dim, kind in enumerate(combination):
+        if kind != MIDDLE:  # first phase reads (p - 1, p): outputs 0..S-1; last reads (p, p + 1): 1..S
+            block = block.narrow(2 + dim, 0 if kind == FIRST else 1, source_size[dim])
+    return block
+
+
+def _phase_view(out: torch.Tensor, combination: Classes, scale: int) -> torch.Tensor:
     """
-    In-place form of :func:`_interleave_phases` that adds into ``out`` (for inference: under autograd, in-place
-    updates of slices make the backward pass copy the whole gradient once per slice).
+    The view of ``out`` holding the phases of one class: ``(batch, out, S1, k1, S2, k2, ...)`` with ``k`` 1 for a
+    first or last phase and ``scale - 2`` for the middle phases.
     """
-    source_size = list(next(iter(blocks.values())).shape[2:])
-    n = len(source_size)
+    source_size = [size // scale for size in out.shape[2:]]
     phased = out.view(*out.shape[:2], *[d for s in source_size for d in (s, scale)])
     phase_slices = {FIRST: slice(0, 1), MIDDLE: slice(1, scale - 1), LAST: slice(scale - 1, scale)}
-    for combination, block in blocks.items():
-        for dim in range(n - 1, -1, -1):  # (batch, out, S1, 1, S2, 1, ...): broadcast over the class's phases
-            block = block.unsqueeze(3 + dim)
-        target = [slice(None), slice(None)] + [s for kind in combination for s in (slice(None), phase_slices[kind])]
-        phased[tuple(target)].add_(block)  # ``+=`` on an indexed view would copy the slice back onto itself
-    return out
+    target = [slice(None), slice(None)] + [s for kind in combination for s in (slice(None), phase_slices[kind])]
+    return phased[tuple(target)]
+
+
+class _AddPhases(torch.autograd.Function):
+    """
+    ``out += interleave(results)``, in place, with a backward that needs neither operand: the gradient of ``out`` is
+    the incoming gradient itself and a class's gradient is the sum of the incoming gradient over the class's phases.
+
+    Written as a function of its own because, through autograd, adding into strided slices of ``out`` makes the
+    backward pass copy the whole gradient once per slice, selecting the classes out of each result zero-fills a
+    result-sized gradient once per class, and interleaving out of place writes the full-resolution result several
+    times.
+    """
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, scale: int, classes: list[list[Classes]], *results: torch.Tensor):
+        ctx.scale, ctx.classes = scale, classes
+        ctx.result_shapes = [result.shape for result in results]
+        ctx.mark_dirty(out)
+        source_size = [size // scale for size in out.shape[2:]]
+        for result, combinations in zip(results, classes):
+            for index, combination in enumerate(combinations):
+                block = _class_block(result, index, combination, source_size)
+                for dim in range(len(source_size) - 1, -1, -1):  # (batch, out, S1, 1, S2, 1, ...): broadcast
+                    block = block.unsqueeze(3 + dim)
+                _phase_view(out, combination, scale).add_(block)  # ``+=`` would copy the slice back onto itself
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        source_size = [size // ctx.scale for size in grad.shape[2:]]
+        result_grads = []
+        for shape, combinations in zip(ctx.result_shapes, ctx.classes):
+            result_grad = grad.new_zeros(shape)
+            for index, combination in enumerate(combinations):
+                view = _phase_view(grad, combination, ctx.scale)
+                phase_sum = view.sum(dim=list(range(3, view.dim(), 2)))
+                _class_block(result_grad, index, combination, source_size).copy_(phase_sum)
+            result_grads.append(result_grad)
+        return grad, None, None, *result_grads
 
 
 def add_conv_nearest_upsampled(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """
     ``out + conv(nearest_resize(x, out.shape[2:]), weight, padding=1)`` (no bias), with the convolutions at the
-    resolution of ``x``.
+    resolution of ``x``, added into ``out`` in place (the addition's backward needs neither operand). A leaf ``out``
+    that requires grad is copied first.
 
-    Falls back to the straightforward form when the size of ``out`` is not an integer multiple (>= 2, the same along
-    every dimension) of the spatial size of ``x``, as happens for inputs not divisible by 16. Without autograd
-    (inference), ``out`` is updated in place.
+    Falls back to the straightforward form, out of place, when the size of ``out`` is not an integer multiple (>= 2,
+    the same along every dimension) of the spatial size of ``x``, as happens for inputs not divisible by 16.
 
     Args:
         out: accumulator ``(batch, out, *size)``.
@@ -169,7 +193,7 @@ def add_conv_nearest_upsampled(out: torch.Tensor, x: torch.Tensor, weight: torch
     scale = integer_scale(size, list(x.shape[2:]))
     if not scale:
         return out + reference_conv_nearest_upsampled(x, weight, size)
-    blocks = _phase_blocks(x, weight, scale)
-    if torch.is_grad_enabled() and (out.requires_grad or x.requires_grad or weight.requires_grad):
-        return out + _interleave_phases(blocks, scale, len(size))
-    return _add_phases_(out, blocks, scale)
+    if out.is_leaf and out.requires_grad:
+        out = out.clone()
+    results, classes = zip(*_phase_results(x, weight, scale))
+    return _AddPhases.apply(out, scale, list(classes), *results)
