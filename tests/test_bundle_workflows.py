@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.data import load_split
+from xunet_bundle.runtime import cpu_supports_bf16
 from xunet_bundle.training import latest_checkpoint
 
 TRAIN = "configs/train.json"
@@ -74,6 +75,18 @@ def test_resume_without_checkpoint_fails_clearly(demo_dir, tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     assert "no checkpoint_*.pt to resume from" in result.stderr
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_amp_trains_in_bf16_on_a_cpu_with_native_bf16(demo_dir, tmp_path):
+    result = run_bundle(
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(tmp_path),
+        "--ckpt_dir", str(tmp_path / "models"), "--epochs", "1", "--num_workers", "0", "--progress", "False",
+        "--amp", "True",
+    )  # fmt: skip
+    assert "amp: bfloat16 autocast on CPU" in result.stdout + result.stderr
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
 def test_evaluation_writes_per_patient_dice_and_hd95(trained, demo_dir):
