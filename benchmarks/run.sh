@@ -7,7 +7,9 @@
 # Environment: TASK (lgg: Kaggle LGG, 2D slices, issue 4; hippocampus: Decathlon Hippocampus, 3D patches with
 # configs/hippocampus.json), EPOCHS (60), VAL_INTERVAL (12), RECORDS_DIR (benchmarks/<task>/records),
 # LARGEST_COMPONENT_EVAL (1 for lgg: also evaluate with the largest-component post-processing), MIRROR_AXES (test-time
-# mirroring in validation and evaluation; [] by default: the protocol compares the networks' own outputs); RESUME=1
+# mirroring in validation and evaluation; [] by default: the protocol compares the networks' own outputs), TRAIN_ARGS
+# (extra training overrides, e.g. "--amp True", for runs outside the protocol), RUN_SUFFIX (appended to the run's
+# name, so such runs keep their own folder and record, e.g. _long_bf16); RESUME=1
 # continues an interrupted run from its last checkpoint (a run may span several sittings). An already prepared
 # work_dir/data is reused. Every training command is appended to <run_dir>/commands.log, which the record keeps.
 set -euo pipefail
@@ -28,7 +30,9 @@ work=${4:-runs/$task}
 epochs=${EPOCHS:-60}
 mirror_axes=${MIRROR_AXES:-[]}
 val_interval=${VAL_INTERVAL:-12}
-run_dir="$work/${network}_seed${seed}"
+run_name="${network}${RUN_SUFFIX:-}_seed${seed}"
+run_dir="$work/$run_name"
+read -r -a extra_train_args <<< "${TRAIN_ARGS:-}"
 records=${RECORDS_DIR:-benchmarks/$task/records}
 
 network_args=()
@@ -47,7 +51,7 @@ mkdir -p "$run_dir"
 train_cmd=(python -m monai.bundle run training --config_file "$configs"
     --dataset_dir "$work/data" --output_dir "$run_dir" --ckpt_dir "$run_dir/models"
     --seed "$seed" --epochs "$epochs" --val_interval "$val_interval" --mirror_axes "$mirror_axes" --progress False
-    ${network_args[@]+"${network_args[@]}"})
+    ${network_args[@]+"${network_args[@]}"} ${extra_train_args[@]+"${extra_train_args[@]}"})
 [ "${RESUME:-0}" = 1 ] && train_cmd+=(--resume True)
 # the network's own output first (the architecture comparison), then with the largest-component post-processing
 eval_base=(python -m monai.bundle run evaluating --config_file "${configs%]},'configs/evaluate.json']"
@@ -58,13 +62,13 @@ lcc_eval_cmd=("${eval_base[@]}" --output_dir "$run_dir/eval_largest_component" -
 start=$(date +%s)
 commit=$(git rev-parse HEAD)$(git diff --quiet HEAD || echo -dirty)
 echo "$(date -u +%FT%TZ) ${train_cmd[*]}" >> "$run_dir/commands.log"
-"${train_cmd[@]}" 2>&1 | tee -a "$work/${network}_seed${seed}.log"
-"${eval_cmd[@]}" 2>&1 | tee -a "$work/${network}_seed${seed}.log"
+"${train_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
+"${eval_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
 record_args=()
 if [ "$lcc_eval" = 1 ]; then
-    "${lcc_eval_cmd[@]}" 2>&1 | tee -a "$work/${network}_seed${seed}.log"
+    "${lcc_eval_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
     record_args=(--largest_component_eval_command "${lcc_eval_cmd[*]}")
 fi
 python scripts/record_run.py --run_dir "$run_dir" --network "$network" --seed "$seed" --git_commit "$commit" \
     --seconds $(($(date +%s) - start)) --eval_command "${eval_cmd[*]}" ${record_args[@]+"${record_args[@]}"} \
-    --out "$records/${network}_seed${seed}.json"
+    --out "$records/$run_name.json"
