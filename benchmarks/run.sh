@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One run of a benchmark protocol: train one network with the bundle's train.json on the fixed case-level split, pick
 # the best epoch on fold 0, evaluate it per case on the held-out test cases, and write the run's JSON record to
-# <records>/<network>_seed<seed>.json.
+# <records>/<network><RUN_SUFFIX>_seed<seed>.json.
 # Usage: bash benchmarks/run.sh <network> <seed> [source_folder] [work_dir]
 # Networks: xunet (the bundle's default, concat fusion), basicunet, xunet_attention, xunet_projected (issue 7).
 # Environment: TASK (lgg: Kaggle LGG, 2D slices, issue 4; hippocampus: Decathlon Hippocampus, 3D patches with
@@ -69,6 +69,6 @@ if [ "$lcc_eval" = 1 ]; then
     "${lcc_eval_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
     record_args=(--largest_component_eval_command "${lcc_eval_cmd[*]}")
 fi
-python scripts/record_run.py --run_dir "$run_dir" --network "$network" --seed "$seed" --git_commit "$commit" \
+python scripts/record_run.py --run_dir "$run_dir" --network "$network${RUN_SUFFIX:-}" --seed "$seed" --git_commit "$commit" \
     --seconds $(($(date +%s) - start)) --eval_command "${eval_cmd[*]}" ${record_args[@]+"${record_args[@]}"} \
     --out "$records/$run_name.json"

@@ -23,10 +23,12 @@ def records(demo_dir, tmp_path_factory) -> Path:
     shutil.copytree(demo_dir, work / "data")
     env = {**os.environ, "EPOCHS": "1", "VAL_INTERVAL": "1", "RECORDS_DIR": str(work / "records")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    for network in NETWORKS:
+    # the last run lies outside the protocol: an extra training override, kept apart by its suffix
+    outside = {"TRAIN_ARGS": "--learning_rate 0.0005 --amp False", "RUN_SUFFIX": "_halved_lr"}
+    for network, extra_env in [(name, {}) for name in NETWORKS] + [("xunet", outside)]:
         result = subprocess.run(
             ["bash", "benchmarks/run.sh", network, "3", "unused-source", str(work)],
-            cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600,
+            cwd=REPO_ROOT, capture_output=True, text=True, env={**env, **extra_env}, timeout=600,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work / "records"
@@ -51,6 +53,15 @@ def test_record_holds_commands_curves_and_per_patient_metrics(records, demo_dir)
     variant = json.loads((records / "xunet_projected_seed3.json").read_text())
     assert "--network_def#fusion projected" in variant["train_commands"][0]
     assert "--network_def#fusion projected" in variant["eval_command"]
+
+
+def test_run_outside_the_protocol_keeps_its_own_record(records):
+    record = json.loads((records / "xunet_halved_lr_seed3.json").read_text())
+    assert record["network"] == "xunet_halved_lr"
+    (command,) = record["train_commands"]
+    assert command.endswith("--learning_rate 0.0005 --amp False") and "--seed 3" in command
+    protocol_command = json.loads((records / "xunet_seed3.json").read_text())["train_commands"][0]
+    assert "--learning_rate" not in protocol_command and record["test_dice"].keys() == record["test_hd95"].keys()
 
 
 def test_compare_tabulates_both_networks_with_paired_difference(records, tmp_path):
