@@ -79,6 +79,10 @@ def test_compare_tabulates_both_networks_with_paired_difference(records, tmp_pat
     assert "With the largest-component post-processing" in table
     processed = json.loads((records / "basicunet_seed3.json").read_text())["test_dice_largest_component"]
     assert f"| basicunet | 1 | {np.mean(list(processed.values())):.3f} |" in table
+    patient = sorted(processed)[0]  # the per-patient table starts with basicunet (records are read in name order)
+    own, post_processed = dice["basicunet"][patient], processed[patient]
+    assert "| patient | basicunet | basicunet (largest component) | xunet_halved_lr |" in table
+    assert f"| {patient} | {own:.3f} | {post_processed:.3f} | " in table
     for png in ("learning_curves.png", "per_patient_dice.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
