@@ -123,3 +123,24 @@ def test_compare_refuses_records_of_different_patients(records, tmp_path):
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode != 0 and "different patients" in result.stderr
+
+
+def test_compare_reads_several_folders_against_any_baseline(records, tmp_path):
+    protocol, outside = tmp_path / "protocol", tmp_path / "outside"
+    protocol.mkdir(), outside.mkdir()
+    shutil.copy(records / "xunet_seed3.json", protocol)
+    shutil.copy(records / "xunet_halved_lr_seed3.json", outside)
+    result = subprocess.run(
+        [sys.executable, "scripts/compare.py", "--records", f"{protocol},{outside}", "--baseline", "xunet",
+         "--out_dir", str(tmp_path / "out")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "out" / "results.md").read_text()
+    dice = {
+        name: json.loads((records / f"{name}_seed3.json").read_text())["test_dice"]
+        for name in ("xunet", "xunet_halved_lr")
+    }
+    difference = np.mean([dice["xunet_halved_lr"][p] - dice["xunet"][p] for p in dice["xunet"]])
+    assert f"| xunet_halved_lr - xunet | {difference:+.3f} |" in table
+    assert f"--records {protocol},{outside}" in table and "--baseline xunet" in table
