@@ -30,7 +30,8 @@ work=${4:-runs/$task}
 epochs=${EPOCHS:-60}
 mirror_axes=${MIRROR_AXES:-[]}
 val_interval=${VAL_INTERVAL:-12}
-run_name="${network}${RUN_SUFFIX:-}_seed${seed}"
+label="${network}${RUN_SUFFIX:-}"  # the record's network: a run outside the protocol is kept apart by its suffix
+run_name="${label}_seed${seed}"
 run_dir="$work/$run_name"
 read -r -a extra_train_args <<< "${TRAIN_ARGS:-}"
 records=${RECORDS_DIR:-benchmarks/$task/records}
@@ -69,6 +70,6 @@ if [ "$lcc_eval" = 1 ]; then
     "${lcc_eval_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
     record_args=(--largest_component_eval_command "${lcc_eval_cmd[*]}")
 fi
-python scripts/record_run.py --run_dir "$run_dir" --network "$network${RUN_SUFFIX:-}" --seed "$seed" --git_commit "$commit" \
+python scripts/record_run.py --run_dir "$run_dir" --network "$label" --seed "$seed" --git_commit "$commit" \
     --seconds $(($(date +%s) - start)) --eval_command "${eval_cmd[*]}" ${record_args[@]+"${record_args[@]}"} \
     --out "$records/$run_name.json"

@@ -38,9 +38,8 @@ BENCHMARK_MODEL = {
 }
 
 
-def load_records(folders: str | Path | Sequence[str | Path]) -> dict[str, list[dict]]:
-    """The records in one or several folders grouped by network, each group sorted by seed."""
-    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+def load_records(folders: Sequence[str | Path]) -> dict[str, list[dict]]:
+    """The records in the given folders grouped by network, each group sorted by seed."""
     records = defaultdict(list)
     for path in sorted(path for folder in folders for path in Path(folder).glob("*.json")):
         record = json.loads(path.read_text())
