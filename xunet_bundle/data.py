@@ -188,7 +188,7 @@ def split_patients(
     return folds, test
 
 
-def load_split(datalist: str | os.PathLike, subset: str, fold: int = 0) -> list[dict]:
+def load_split(datalist: str | os.PathLike, subset: str, fold: int | str = 0) -> list[dict]:
     """
     Read one subset of a datalist written by ``scripts/prepare_lgg.py``, ``scripts/prepare_decathlon.py`` or
     ``scripts/make_demo_data.py``.
@@ -199,7 +199,8 @@ def load_split(datalist: str | os.PathLike, subset: str, fold: int = 0) -> list[
         datalist: path of ``datalist.json``.
         subset: ``"train"`` (every fold but ``fold``), ``"validation"`` (fold ``fold``), ``"test"`` (held-out
             patients) or ``"all"`` (training and test patients).
-        fold: the cross-validation fold used for validation.
+        fold: the cross-validation fold used for validation; ``"all"`` trains on every fold and leaves the
+            validation subset empty (the run's result is then its final model, as for a fixed schedule).
     """
     datalist = Path(datalist)
     if not datalist.is_file():
@@ -216,6 +217,8 @@ def load_split(datalist: str | os.PathLike, subset: str, fold: int = 0) -> list[
     if subset in ("train", "validation") and not training:
         raise DataError(datalist, f"the '{subset}' subset is empty: the datalist lists no training cases.")
     folds = sorted({item["fold"] for item in training})
+    if subset in ("train", "validation") and fold == "all":
+        return _resolve_paths(datalist, training if subset == "train" else [])
     if subset in ("train", "validation") and fold not in folds:
         raise DataError(datalist, f"fold {fold} is not in the datalist (folds: {folds}).")
     if subset == "train":
@@ -230,6 +233,11 @@ def load_split(datalist: str | os.PathLike, subset: str, fold: int = 0) -> list[
         raise ValueError(f"subset must be 'train', 'validation', 'test' or 'all', got {subset!r}.")
     if not items:
         raise DataError(datalist, f"the '{subset}' subset (fold {fold}) is empty.")
+    return _resolve_paths(datalist, items)
+
+
+def _resolve_paths(datalist: Path, items: Sequence[Mapping]) -> list[dict]:
+    """Copies of the datalist ``items`` with their image and label paths made absolute."""
     resolved = []
     for item in items:
         entry = dict(item)
