@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import platform
 import subprocess
 import sys
@@ -91,7 +92,8 @@ def main(
 ) -> None:
     """
     Args:
-        run_dir: the run's output folder (``tensorboard/``, ``eval/``).
+        run_dir: the run's output folder (``tensorboard/``, ``eval/``, ``models/model.pt``, whose md5 the record
+            keeps so that shipped weights can be traced to their run).
         network: name of the network trained.
         seed: the run's seed.
         seconds: wall-clock time of training and evaluation.
@@ -119,6 +121,7 @@ def main(
             "torch": torch.__version__,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         },
+        "model_md5": hashlib.md5((run_dir / "models" / "model.pt").read_bytes()).hexdigest(),
         "seconds": seconds,
         "epochs": int(trainer["iteration"]) // int(trainer["epoch_length"]),
         "epoch_length": int(trainer["epoch_length"]),

@@ -47,6 +47,21 @@ def test_training_keeps_a_tensor_only_best_checkpoint(trained):
     assert resume_state["trainer"]["iteration"] == 2 * resume_state["trainer"]["epoch_length"]
 
 
+def test_training_on_every_fold_saves_the_final_model(demo_dir, tmp_path):
+    result = run_bundle(
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(tmp_path),
+        "--ckpt_dir", str(tmp_path / "models"), "--epochs", "1", "--num_workers", "0", "--progress", "False",
+        "--fold", "all", "--volumes_per_batch", "1",
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert "val_mean_dice" not in log and "saved final checkpoint" in log
+    num_train = len(load_split(demo_dir / "datalist.json", "train", "all"))
+    resume_state = torch.load(tmp_path / "checkpoints" / "checkpoint_epoch=1.pt", weights_only=True)
+    assert resume_state["trainer"]["epoch_length"] == num_train  # one volume per step: every fold is trained on
+    final = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(final[k], v) for k, v in resume_state["model"].items())
+
+
 def best_score(checkpoint: Path) -> float:
     """The validation Dice of the best model so far, as recorded in a resume checkpoint."""
     (saved,) = torch.load(checkpoint, weights_only=True)["best_model_tracker"]["_saved"]

@@ -53,6 +53,16 @@ def test_demo_dataset_layout(demo_dir):
     assert load_split(demo_dir / "datalist.json", "validation", 0)
 
 
+def test_fold_all_trains_on_every_fold_and_validates_on_none(demo_dir):
+    datalist = demo_dir / "datalist.json"
+    everything = load_split(datalist, "train", fold="all")
+    fold_0 = load_split(datalist, "train", 0) + load_split(datalist, "validation", 0)
+    assert sorted(item["image"] for item in everything) == sorted(item["image"] for item in fold_0)
+    assert load_split(datalist, "validation", fold="all") == []
+    test = {item["image"] for item in load_split(datalist, "test", fold="all")}
+    assert test and test.isdisjoint(item["image"] for item in everything)
+
+
 def test_load_split_errors_name_the_datalist(tmp_path, demo_dir):
     with pytest.raises(DataError, match="datalist not found") as error:
         load_split(tmp_path / "datalist.json", "train")

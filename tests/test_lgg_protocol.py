@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,8 +24,9 @@ def records(demo_dir, tmp_path_factory) -> Path:
     shutil.copytree(demo_dir, work / "data")
     env = {**os.environ, "EPOCHS": "1", "VAL_INTERVAL": "1", "RECORDS_DIR": str(work / "records")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    # the last run lies outside the protocol: an extra training override, kept apart by its suffix
-    outside = {"TRAIN_ARGS": "--learning_rate 0.0005 --amp False", "RUN_SUFFIX": "_halved_lr"}
+    # the last run lies outside the protocol, as the shipped weights' run does: extra training overrides (here every
+    # fold trained on, no validation), kept apart by its suffix
+    outside = {"TRAIN_ARGS": "--learning_rate 0.0005 --amp False --fold all", "RUN_SUFFIX": "_all_folds"}
     for network, extra_env in [(name, {}) for name in NETWORKS] + [("xunet", outside)]:
         result = subprocess.run(
             ["bash", "benchmarks/run.sh", network, "3", "unused-source", str(work)],
@@ -56,12 +58,29 @@ def test_record_holds_commands_curves_and_per_patient_metrics(records, demo_dir)
 
 
 def test_run_outside_the_protocol_keeps_its_own_record(records):
-    record = json.loads((records / "xunet_halved_lr_seed3.json").read_text())
-    assert record["network"] == "xunet_halved_lr"
+    record = json.loads((records / "xunet_all_folds_seed3.json").read_text())
+    assert record["network"] == "xunet_all_folds"
     (command,) = record["train_commands"]
-    assert command.endswith("--learning_rate 0.0005 --amp False") and "--seed 3" in command
-    protocol_command = json.loads((records / "xunet_seed3.json").read_text())["train_commands"][0]
-    assert "--learning_rate" not in protocol_command and record["test_dice"].keys() == record["test_hd95"].keys()
+    assert command.endswith("--learning_rate 0.0005 --amp False --fold all") and "--seed 3" in command
+    protocol = json.loads((records / "xunet_seed3.json").read_text())
+    assert (
+        "--learning_rate" not in protocol["train_commands"][0]
+        and record["test_dice"].keys() == record["test_hd95"].keys()
+    )
+    # trained on the validation fold too, so its epochs are longer and nothing was validated; the final model was kept
+    assert record["epoch_length"] > protocol["epoch_length"] and record["val_mean_dice"] == []
+    assert record["model_md5"] != protocol["model_md5"] and len(record["model_md5"]) == 32
+
+
+def test_shipped_weights_are_traced_to_their_run_record():
+    """``models/model.pt`` is the model of exactly one recorded run, whose test Dice ``metadata.json`` reports."""
+    weights_md5 = hashlib.md5((REPO_ROOT / "models" / "model.pt").read_bytes()).hexdigest()
+    records = [json.loads(p.read_text()) for p in sorted((REPO_ROOT / "benchmarks").glob("*/**/records/*.json"))]
+    (shipped,) = [record for record in records if record.get("model_md5") == weights_md5]
+    metadata = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())
+    test_dice = list(shipped["test_dice_largest_component"].values())  # inference.json keeps the largest component
+    assert metadata["eval_metrics"]["mean_dice"] == round(float(np.mean(test_dice)), 4)
+    assert f'hash_val: "{weights_md5}"' in (REPO_ROOT / "large_files.yml").read_text()
 
 
 def test_compare_tabulates_both_networks_with_paired_difference(records, tmp_path):
@@ -81,7 +100,7 @@ def test_compare_tabulates_both_networks_with_paired_difference(records, tmp_pat
     assert f"| basicunet | 1 | {np.mean(list(processed.values())):.3f} |" in table
     patient = sorted(processed)[0]  # the per-patient table starts with basicunet (records are read in name order)
     own, post_processed = dice["basicunet"][patient], processed[patient]
-    assert "| patient | basicunet | basicunet (largest component) | xunet_halved_lr |" in table
+    assert "| patient | basicunet | basicunet (largest component) | xunet_all_folds |" in table
     assert f"| {patient} | {own:.3f} | {post_processed:.3f} | " in table
     for png in ("learning_curves.png", "per_patient_dice.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
@@ -129,7 +148,7 @@ def test_compare_reads_several_folders_against_any_baseline(records, tmp_path):
     protocol, outside = tmp_path / "protocol", tmp_path / "outside"
     protocol.mkdir(), outside.mkdir()
     shutil.copy(records / "xunet_seed3.json", protocol)
-    shutil.copy(records / "xunet_halved_lr_seed3.json", outside)
+    shutil.copy(records / "xunet_all_folds_seed3.json", outside)
     result = subprocess.run(
         [sys.executable, "scripts/compare.py", "--records", f"{protocol},{outside}", "--baseline", "xunet",
          "--out_dir", str(tmp_path / "out")],
@@ -139,8 +158,8 @@ def test_compare_reads_several_folders_against_any_baseline(records, tmp_path):
     table = (tmp_path / "out" / "results.md").read_text()
     dice = {
         name: json.loads((records / f"{name}_seed3.json").read_text())["test_dice"]
-        for name in ("xunet", "xunet_halved_lr")
+        for name in ("xunet", "xunet_all_folds")
     }
-    difference = np.mean([dice["xunet_halved_lr"][p] - dice["xunet"][p] for p in dice["xunet"]])
-    assert f"| xunet_halved_lr - xunet | {difference:+.3f} |" in table
+    difference = np.mean([dice["xunet_all_folds"][p] - dice["xunet"][p] for p in dice["xunet"]])
+    assert f"| xunet_all_folds - xunet | {difference:+.3f} |" in table
     assert f"--records {protocol},{outside}" in table and "--baseline xunet" in table
