@@ -11,7 +11,9 @@
 # (extra training overrides, e.g. "--amp True", for runs outside the protocol), RUN_SUFFIX (appended to the run's
 # name, so such runs keep their own folder and record, e.g. _long_bf16); RESUME=1
 # continues an interrupted run from its last checkpoint (a run may span several sittings). An already prepared
-# work_dir/data is reused. Every training command is appended to <run_dir>/commands.log, which the record keeps.
+# work_dir/data is reused. Every training command is appended to <run_dir>/commands.log, which the record keeps. The
+# record's seconds add up every sitting: each one that ends, or is stopped by SIGTERM or SIGHUP, appends its seconds
+# to <run_dir>/sittings.log (a sitting killed by SIGKILL or a power loss is not counted).
 set -euo pipefail
 network=${1:?xunet, basicunet, xunet_attention or xunet_projected}
 seed=${2:?seed}
@@ -47,7 +49,7 @@ case "$network" in
 esac
 
 [ -f "$work/data/datalist.json" ] || python "$prepare" --src "$src" --dst "$work/data"
-[ "${RESUME:-0}" = 1 ] || rm -rf "$run_dir"
+[ "${RESUME:-0}" = 1 ] || rm -rf "$run_dir" "$work/$run_name.log"
 mkdir -p "$run_dir"
 train_cmd=(python -m monai.bundle run training --config_file "$configs"
     --dataset_dir "$work/data" --output_dir "$run_dir" --ckpt_dir "$run_dir/models"
@@ -61,6 +63,9 @@ eval_base=(python -m monai.bundle run evaluating --config_file "${configs%]},'co
 eval_cmd=("${eval_base[@]}" --output_dir "$run_dir/eval" --largest_component False)
 lcc_eval_cmd=("${eval_base[@]}" --output_dir "$run_dir/eval_largest_component" --largest_component True)
 start=$(date +%s)
+trap 'echo $(($(date +%s) - start)) >> "$run_dir/sittings.log"' EXIT
+earlier_seconds=0
+[ -f "$run_dir/sittings.log" ] && earlier_seconds=$(awk '{ total += $1 } END { print total }' "$run_dir/sittings.log")
 commit=$(git rev-parse HEAD)$(git diff --quiet HEAD || echo -dirty)
 echo "$(date -u +%FT%TZ) ${train_cmd[*]}" >> "$run_dir/commands.log"
 "${train_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
@@ -70,6 +75,7 @@ if [ "$lcc_eval" = 1 ]; then
     "${lcc_eval_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
     record_args=(--largest_component_eval_command "${lcc_eval_cmd[*]}")
 fi
+seconds=$((earlier_seconds + $(date +%s) - start))
 python scripts/record_run.py --run_dir "$run_dir" --network "$label" --seed "$seed" --git_commit "$commit" \
-    --seconds $(($(date +%s) - start)) --eval_command "${eval_cmd[*]}" ${record_args[@]+"${record_args[@]}"} \
+    --seconds "$seconds" --eval_command "${eval_cmd[*]}" ${record_args[@]+"${record_args[@]}"} \
     --out "$records/$run_name.json"

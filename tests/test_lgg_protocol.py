@@ -72,6 +72,29 @@ def test_run_outside_the_protocol_keeps_its_own_record(records):
     assert record["model_md5"] != protocol["model_md5"] and len(record["model_md5"]) == 32
 
 
+def test_a_run_spread_over_two_sittings_records_the_time_of_both(records, tmp_path):
+    """A second sitting (``RESUME=1``) keeps the first's commands and adds its own seconds to the first's."""
+    work = tmp_path / "work"
+    shutil.copytree(records.parent, work, ignore=shutil.ignore_patterns("records"))
+    first = json.loads((records / "xunet_seed3.json").read_text())
+    (first_sitting,) = [int(line) for line in (work / "xunet_seed3" / "sittings.log").read_text().split()]
+    assert first["seconds"] <= first_sitting
+    env = {**os.environ, "EPOCHS": "1", "VAL_INTERVAL": "1", "RECORDS_DIR": str(tmp_path / "records"), "RESUME": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(
+        ["bash", "benchmarks/run.sh", "xunet", "3", "unused-source", str(work)],
+        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    second = json.loads((tmp_path / "records" / "xunet_seed3.json").read_text())
+    sittings = [int(line) for line in (work / "xunet_seed3" / "sittings.log").read_text().split()]
+    assert len(sittings) == 2 and sittings[0] == first_sitting
+    # the second sitting only evaluates the finished model, so its time alone is shorter than the first's
+    assert first_sitting < second["seconds"] <= sum(sittings)
+    assert len(second["train_commands"]) == 2 and second["train_commands"][1].endswith("--resume True")
+    assert second["model_md5"] == first["model_md5"] and second["test_dice"] == first["test_dice"]
+
+
 def test_shipped_weights_are_traced_to_their_run_record(shipped_weights):
     """``models/model.pt`` is the model of exactly one recorded run, whose test Dice ``metadata.json`` reports."""
     weights_md5 = hashlib.md5(shipped_weights.read_bytes()).hexdigest()
