@@ -221,9 +221,12 @@ def plot_learning_curves(records: dict[str, list[dict]], path: Path) -> None:
                 ax_dice.plot(dice[:, 0], dice[:, 1], "o-", color=color, alpha=0.8, label=label)
     ax_loss.set(xlabel="epoch", ylabel="training loss (Dice + CE), epoch mean", title="Training loss")
     ax_dice.set(xlabel="epoch", ylabel="Dice", title="Validation Dice (fold 0)")
+    if not ax_dice.lines:  # runs trained on every fold (--fold all) validate on nothing
+        ax_dice.text(0.5, 0.5, "no run was validated", ha="center", va="center", transform=ax_dice.transAxes)
     for ax in (ax_loss, ax_dice):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

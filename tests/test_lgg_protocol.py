@@ -185,3 +185,15 @@ def test_compare_reads_several_folders_against_any_baseline(records, tmp_path):
     difference = np.mean([dice["xunet_all_folds"][p] - dice["xunet"][p] for p in dice["xunet"]])
     assert f"| xunet_all_folds - xunet | {difference:+.3f} |" in table
     assert f"--records {protocol},{outside}" in table and "--baseline xunet" in table
+
+
+def test_compare_plots_runs_that_validated_nothing_without_warnings(records, tmp_path):
+    """Runs trained on every fold have no validation curve: the plot says so instead of an empty, legend-less panel."""
+    shutil.copy(records / "xunet_all_folds_seed3.json", tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "scripts/compare.py", "--records", str(tmp_path),
+         "--baseline", "xunet_all_folds", "--out_dir", str(tmp_path / "out")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
