@@ -17,22 +17,27 @@ from conftest import REPO_ROOT
 NETWORKS = ("xunet", "basicunet", "xunet_projected")
 
 
+def run_protocol(network: str, work: Path, records_dir: Path, **extra_env: str) -> None:
+    """A one-epoch ``benchmarks/run.sh`` run of ``network`` (seed 3) in ``work``, recorded in ``records_dir``."""
+    env = {**os.environ, "EPOCHS": "1", "VAL_INTERVAL": "1", "RECORDS_DIR": str(records_dir), **extra_env}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(
+        ["bash", "benchmarks/run.sh", network, "3", "unused-source", str(work)],
+        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def records(demo_dir, tmp_path_factory) -> Path:
     """Records of a one-epoch protocol run of each network on the demo data (already prepared, so reused)."""
     work = tmp_path_factory.mktemp("lgg_protocol")
     shutil.copytree(demo_dir, work / "data")
-    env = {**os.environ, "EPOCHS": "1", "VAL_INTERVAL": "1", "RECORDS_DIR": str(work / "records")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     # the last run lies outside the protocol, as the shipped weights' run does: extra training overrides (here every
     # fold trained on, no validation), kept apart by its suffix
     outside = {"TRAIN_ARGS": "--learning_rate 0.0005 --amp False --fold all", "RUN_SUFFIX": "_all_folds"}
     for network, extra_env in [(name, {}) for name in NETWORKS] + [("xunet", outside)]:
-        result = subprocess.run(
-            ["bash", "benchmarks/run.sh", network, "3", "unused-source", str(work)],
-            cwd=REPO_ROOT, capture_output=True, text=True, env={**env, **extra_env}, timeout=600,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        run_protocol(network, work, work / "records", **extra_env)
     return work / "records"
 
 
@@ -79,13 +84,7 @@ def test_a_run_spread_over_two_sittings_records_the_time_of_both(records, tmp_pa
     first = json.loads((records / "xunet_seed3.json").read_text())
     (first_sitting,) = [int(line) for line in (work / "xunet_seed3" / "sittings.log").read_text().split()]
     assert first["seconds"] <= first_sitting
-    env = {**os.environ, "EPOCHS": "1", "VAL_INTERVAL": "1", "RECORDS_DIR": str(tmp_path / "records"), "RESUME": "1"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    result = subprocess.run(
-        ["bash", "benchmarks/run.sh", "xunet", "3", "unused-source", str(work)],
-        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_protocol("xunet", work, tmp_path / "records", RESUME="1")
     second = json.loads((tmp_path / "records" / "xunet_seed3.json").read_text())
     sittings = [int(line) for line in (work / "xunet_seed3" / "sittings.log").read_text().split()]
     assert len(sittings) == 2 and sittings[0] == first_sitting
