@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -22,6 +24,7 @@ from xunet_bundle.training import latest_checkpoint
 
 TRAIN = "configs/train.json"
 EVALUATE = "['configs/train.json','configs/evaluate.json']"
+ENSEMBLE_EVALUATE = "['configs/train.json','configs/evaluate.json','configs/ensemble_evaluate.json']"
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +107,19 @@ def test_amp_trains_in_bf16_on_a_cpu_with_native_bf16(demo_dir, tmp_path):
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_evaluation_writes_per_patient_dice_and_hd95(trained, demo_dir):
+@pytest.fixture(scope="module")
+def evaluation(trained, demo_dir) -> Path:
+    """The evaluation of the trained run on the demo test patients; returns its output folder."""
     out = trained / "eval"
     run_bundle(
         "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(demo_dir), "--ckpt_dir",
         str(trained / "models"), "--output_dir", str(out), "--num_workers", "0",
     )  # fmt: skip
+    return out
+
+
+def test_evaluation_writes_per_patient_dice_and_hd95(evaluation, demo_dir):
+    out = evaluation
     test_patients = {Path(item["image"]).name for item in load_split(demo_dir / "datalist.json", "test")}
     for metric in ("val_mean_dice", "val_hd95"):
         with open(out / f"{metric}_raw.csv") as f:
@@ -120,6 +130,61 @@ def test_evaluation_writes_per_patient_dice_and_hd95(trained, demo_dir):
         assert {"mean", "median"} <= set(summary["mean"])
     dice = [float(row["mean"]) for row in csv.DictReader(open(out / "val_mean_dice_raw.csv"))]
     assert all(0.0 <= d <= 1.0 for d in dice)
+
+
+def per_patient_dice(eval_dir: Path) -> dict[str, float]:
+    """The per-patient Dice an evaluation wrote, by file name."""
+    with open(eval_dir / "val_mean_dice_raw.csv") as f:
+        return {Path(row["filename"]).name: float(row["mean"]) for row in csv.DictReader(f)}
+
+
+def test_an_ensemble_of_one_model_twice_scores_as_that_model(trained, evaluation, demo_dir):
+    ensemble, model = trained / "eval_ensemble", str(trained / "models" / "model.pt")
+    result = run_bundle(
+        "run", "evaluating", "--config_file", ENSEMBLE_EVALUATE, "--dataset_dir", str(demo_dir), "--output_dir",
+        str(ensemble), "--num_workers", "0", "--ensemble_checkpoints", f"['{model}','{model}']",
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert "EnsembleEvaluator" in log and log.count(f"Restored all variables from {model}") == 2
+    # the members carry the trained weights (an untrained member would change the averaged probabilities)
+    assert per_patient_dice(ensemble) == pytest.approx(per_patient_dice(evaluation), abs=1e-6)
+
+
+@pytest.mark.parametrize("members", ["one", "missing"])
+def test_an_ensemble_without_two_existing_checkpoints_fails_clearly(trained, demo_dir, tmp_path, members):
+    model = str(trained / "models" / "model.pt")
+    missing = str(tmp_path / "absent" / "model.pt")
+    checkpoints = f"['{model}']" if members == "one" else f"['{model}','{missing}']"
+    result = run_bundle(
+        "run", "evaluating", "--config_file", ENSEMBLE_EVALUATE, "--dataset_dir", str(demo_dir), "--output_dir",
+        str(tmp_path / "eval"), "--ensemble_checkpoints", checkpoints, expect_success=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    expected = (
+        "an ensemble needs at least two checkpoints" if members == "one" else f"{missing}: model weights not found"
+    )
+    assert expected in result.stderr
+    assert not (tmp_path / "eval").exists()
+
+
+def test_threshold_sweep_at_one_half_matches_the_evaluation(trained, evaluation, demo_dir, tmp_path):
+    out = tmp_path / "sweep.csv"
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "threshold_sweep.py"), "--dataset_dir", str(demo_dir),
+         "--ckpt_dir", str(trained / "models"), "--eval_subset", "test", "--thresholds", "[0.5,0.0]",
+         "--out", str(out)],
+        check=True, cwd=REPO_ROOT, capture_output=True,
+    )  # fmt: skip
+    with open(out) as f:
+        rows = {row["case"]: row for row in csv.DictReader(f)}
+    # the argmax of two softmax channels is a tumour probability of at least one half
+    assert {case: float(row["dice_at_0.5"]) for case, row in rows.items()} == pytest.approx(
+        per_patient_dice(evaluation), abs=1e-5
+    )
+    # at threshold 0 every voxel is tumour: Dice = 2 |label| / (|label| + |volume|)
+    for case, row in rows.items():
+        label = np.asarray(nib.load(demo_dir / "labelsTr" / case).dataobj) > 0
+        assert float(row["dice_at_0.0"]) == pytest.approx(2 * label.sum() / (label.sum() + label.size), rel=1e-4)
 
 
 @pytest.mark.parametrize("mirror_axes", ["[]", "[0,1]"])

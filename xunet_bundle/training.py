@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -60,6 +61,22 @@ def require_checkpoint(path: str | os.PathLike) -> str:
     if not Path(path).is_file():
         raise DataError(path, "model weights not found: train first, or point --ckpt_dir to a folder with model.pt.")
     return str(path)
+
+
+def ensemble_members(network: torch.nn.Module, checkpoints: list[str]) -> list[torch.nn.Module]:
+    """
+    One copy of ``network`` per checkpoint, for MONAI's ``EnsembleEvaluator``; ``CheckpointLoader`` handlers load each
+    copy's weights when the evaluation starts.
+
+    Args:
+        network: the network the checkpoints were trained as.
+        checkpoints: the members' weights (``model.pt`` files); each must exist.
+    """
+    if len(checkpoints) < 2:
+        raise ValueError(f"an ensemble needs at least two checkpoints, got {len(checkpoints)}: {checkpoints}")
+    for path in checkpoints:
+        require_checkpoint(path)
+    return [copy.deepcopy(network) for _ in checkpoints]
 
 
 def attach_handlers(engine, handlers: list) -> None:
