@@ -150,6 +150,26 @@ def test_an_ensemble_of_one_model_twice_scores_as_that_model(trained, evaluation
     assert per_patient_dice(ensemble) == pytest.approx(per_patient_dice(evaluation), abs=1e-6)
 
 
+def test_ensemble_inference_of_one_model_twice_segments_as_that_model(trained, demo_dir):
+    single, ensemble, model = trained / "seg_single", trained / "seg_ensemble", str(trained / "models" / "model.pt")
+    run_bundle(
+        "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(demo_dir / "imagesTr"),
+        "--ckpt_dir", str(trained / "models"), "--output_dir", str(single),
+    )  # fmt: skip
+    result = run_bundle(
+        "run", "inference", "--config_file", "['configs/inference.json','configs/ensemble_inference.json']",
+        "--dataset_dir", str(demo_dir / "imagesTr"), "--output_dir", str(ensemble),
+        "--ensemble_checkpoints", f"['{model}','{model}']",
+    )  # fmt: skip
+    assert (result.stdout + result.stderr).count(f"Restored all variables from {model}") == 2
+    outputs = sorted(p.name for p in single.iterdir())
+    assert outputs and sorted(p.name for p in ensemble.iterdir()) == outputs
+    for name in outputs:
+        expected, segmentation = nib.load(single / name), nib.load(ensemble / name)
+        np.testing.assert_array_equal(np.asarray(segmentation.dataobj), np.asarray(expected.dataobj))
+        np.testing.assert_allclose(segmentation.affine, expected.affine)
+
+
 @pytest.mark.parametrize("members", ["one", "missing"])
 def test_an_ensemble_without_two_existing_checkpoints_fails_clearly(trained, demo_dir, tmp_path, members):
     model = str(trained / "models" / "model.pt")
