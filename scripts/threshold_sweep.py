@@ -24,6 +24,8 @@ from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from monai.transforms import KeepLargestConnectedComponent
 
+from xunet_bundle.training import require_checkpoint
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [str(REPO_ROOT / "configs" / "train.json"), str(REPO_ROOT / "configs" / "evaluate.json")]
 
@@ -71,7 +73,8 @@ def main(
     parser.update({"dataset_dir": dataset_dir, "ckpt_dir": ckpt_dir, "eval_subset": eval_subset, "fold": fold})
     network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
     dataset = parser.get_parsed_content("validate#dataset")
-    network.load_state_dict(torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True))
+    weights = require_checkpoint(Path(ckpt_dir) / "model.pt")
+    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     network.eval()
     rows = []
     with torch.no_grad():

@@ -189,12 +189,13 @@ def test_an_ensemble_without_two_existing_checkpoints_fails_clearly(trained, dem
 
 def test_threshold_sweep_at_one_half_matches_the_evaluation(trained, evaluation, demo_dir, tmp_path):
     out = tmp_path / "sweep.csv"
-    subprocess.run(
+    result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "threshold_sweep.py"), "--dataset_dir", str(demo_dir),
          "--ckpt_dir", str(trained / "models"), "--eval_subset", "test", "--thresholds", "[0.5,0.0]",
          "--out", str(out)],
-        check=True, cwd=REPO_ROOT, capture_output=True,
+        cwd=REPO_ROOT, capture_output=True, text=True,
     )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     with open(out) as f:
         rows = {row["case"]: row for row in csv.DictReader(f)}
     # the argmax of two softmax channels is a tumour probability of at least one half
