@@ -69,7 +69,7 @@ def read_only_folder(tmp: Path) -> Path:
 
 # Each damage gets the dataset folder (a copy of the demo data) and the case to damage (the first case the stage
 # reads: a training case for training, a test case for evaluation). It returns the file the error must name, or
-# None for valid input; or the file and one command-line argument to replace, as (file, (flag, value)).
+# None for valid input; or the file and one command-line argument to set, as (file, (flag, value)).
 
 
 def corrupt_image(data, case):
@@ -204,6 +204,54 @@ def missing_model(data, case):
     return data.parent / "models" / "model.pt", ["--ckpt_dir", str(data.parent / "models")]
 
 
+CHANNEL_SUFFIXES = ("--channel_suffixes", "['_0000','_0001','_0002']")
+
+
+def store_one_file_per_channel(data: Path) -> list[list[Path]]:
+    """Replace every volume of ``imagesTr/`` by one file per channel, as nnU-Net stores cases (``<case>_0000``...)."""
+    cases = []
+    for path in sorted((data / "imagesTr").glob("*.nii.gz")):
+        image = nib.load(path)
+        array = np.asarray(image.dataobj)
+        case = path.name[: -len(".nii.gz")]
+        channel_paths = [path.with_name(f"{case}_{channel:04d}.nii.gz") for channel in range(array.shape[-1])]
+        for channel, channel_path in enumerate(channel_paths):
+            write_nifti(array[..., channel], image.affine, channel_path)
+        path.unlink()
+        cases.append(channel_paths)
+    return cases
+
+
+def missing_channel_file(data, case):
+    flair = store_one_file_per_channel(data)[0][1]
+    flair.unlink()
+    return flair, CHANNEL_SUFFIXES
+
+
+def channel_size_mismatch(data, case):
+    post_contrast = store_one_file_per_channel(data)[0][2]
+    return rewrite(post_contrast, lambda a: a[:40]), CHANNEL_SUFFIXES
+
+
+def channel_affine_mismatch(data, case):
+    flair = store_one_file_per_channel(data)[0][1]
+    image = nib.load(flair)
+    write_nifti(np.asarray(image.dataobj), image.affine @ np.diag([2.0, 2.0, 1.0, 1.0]), flair)
+    return flair, CHANNEL_SUFFIXES
+
+
+def file_of_no_channel(data, case):
+    store_one_file_per_channel(data)
+    stray = data / "imagesTr" / "notes.nii.gz"
+    write_nifti(np.zeros((4, 4, 4), np.uint8), np.eye(4), stray)
+    return stray, CHANNEL_SUFFIXES
+
+
+def two_channels_in_a_channel_file(data, case):
+    pre_contrast = store_one_file_per_channel(data)[0][0]
+    return rewrite(pre_contrast, lambda a: np.stack([a, a], axis=-1)), CHANNEL_SUFFIXES
+
+
 @dataclass
 class Case:
     stage: str
@@ -244,6 +292,15 @@ CASES = [
     Case("inference", nan_intensities, "image contains NaN or infinite intensities"),
     Case("inference", empty_folder, r"no NIfTI volumes \(\*.nii.gz, \*.nii\) in this folder"),
     Case("inference", read_only_output, "not writable|cannot create the output folder"),
+    Case(
+        "inference",
+        missing_channel_file,
+        r"channel file not found: case .* has no file for the channel\(s\) \['_0001'\]",
+    ),
+    Case("inference", channel_size_mismatch, r"spatial size \(40, 48, 8\) differs from .*_0000.nii.gz's \(48, 48, 8\)"),
+    Case("inference", channel_affine_mismatch, "affine differs from .*_0000.nii.gz's"),
+    Case("inference", file_of_no_channel, "ends in none of the channel suffixes"),
+    Case("inference", two_channels_in_a_channel_file, "expected 1 image channels, got 2"),
     Case("inference", not_divisible_by_16, None),
     Case("inference", one_slice_volume, None),
     Case("inference", unusual_dtypes, None),
@@ -302,7 +359,10 @@ def test_bad_input_stops_clearly_and_valid_input_works(case, demo_dir, model_dir
     args = command(case.stage, data, out, model_dir)
     if isinstance(culprit, tuple):
         culprit, (flag, value) = culprit
-        args[args.index(flag) + 1] = value
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
     if case.stage == "prepare":
         result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
     else:

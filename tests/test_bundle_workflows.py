@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ from monai.transforms import Compose, SaveImaged
 from scipy import ndimage
 
 from xunet_bundle import CrossBasicUNet
-from xunet_bundle.data import load_split
+from xunet_bundle.data import load_split, write_nifti
 from xunet_bundle.runtime import cpu_supports_bf16
 from xunet_bundle.training import latest_checkpoint
 
@@ -138,6 +140,30 @@ def per_patient_dice(eval_dir: Path) -> dict[str, float]:
         return {Path(row["filename"]).name: float(row["mean"]) for row in csv.DictReader(f)}
 
 
+def test_evaluation_of_a_datalist_of_channel_files_scores_as_the_stacked_volumes(
+    trained, evaluation, demo_dir, tmp_path
+):
+    """A datalist may list a case's image as one file per channel (as MONAI's BraTS bundle does)."""
+    datalist = json.loads((demo_dir / "datalist.json").read_text())
+    (tmp_path / "channels").mkdir()
+    for item in datalist["testing"]:
+        image = nib.load(demo_dir / item["image"])
+        channel_files = [f"channels/{Path(item['image']).name[: -len('.nii.gz')]}_{c:04d}.nii.gz" for c in range(3)]
+        for channel, name in enumerate(channel_files):
+            write_nifti(np.asarray(image.dataobj)[..., channel], image.affine, tmp_path / name)
+        item["image"] = channel_files
+        item["label"] = str(demo_dir / item["label"])  # an absolute path stays as it is
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist, indent=4))
+    run_bundle(
+        "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(tmp_path), "--ckpt_dir",
+        str(trained / "models"), "--output_dir", str(tmp_path / "eval"), "--num_workers", "0",
+    )  # fmt: skip
+    from_channels = {
+        name.replace("_0000.nii.gz", ".nii.gz"): d for name, d in per_patient_dice(tmp_path / "eval").items()
+    }
+    assert from_channels == pytest.approx(per_patient_dice(evaluation), abs=1e-6)
+
+
 def test_an_ensemble_of_one_model_twice_scores_as_that_model(trained, evaluation, demo_dir):
     ensemble, model = trained / "eval_ensemble", str(trained / "models" / "model.pt")
     result = run_bundle(
@@ -222,6 +248,34 @@ def test_inference_writes_one_segmentation_per_volume_with_its_geometry(trained,
         assert seg.shape == image.shape[:3]
         np.testing.assert_allclose(seg.affine, image.affine)
         assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
+
+
+def test_inference_on_one_file_per_channel_segments_as_on_the_stacked_volume(trained, demo_dir, tmp_path):
+    """Cases stored as nnU-Net stores them (``<case>_0000.nii.gz``...) give the stacked volumes' segmentations."""
+    stacked, channels = tmp_path / "stacked", tmp_path / "channels"
+    stacked.mkdir()
+    channels.mkdir()
+    for path in sorted((demo_dir / "imagesTr").glob("*.nii.gz"))[:3]:
+        shutil.copy(path, stacked / path.name)
+        image = nib.load(path)
+        for channel in range(3):
+            array = np.asarray(image.dataobj)[..., channel]
+            write_nifti(array, image.affine, channels / path.name.replace(".nii.gz", f"_{channel:04d}.nii.gz"))
+    for folder in (stacked, channels):
+        run_bundle(
+            "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(folder),
+            "--ckpt_dir", str(trained / "models"), "--output_dir", str(folder.with_name(folder.name + "_seg")),
+            *(["--channel_suffixes", "['_0000','_0001','_0002']"] if folder == channels else []),
+        )  # fmt: skip
+    expected = sorted(p.name.replace(".nii.gz", "_seg.nii.gz") for p in stacked.iterdir())
+    assert sorted(p.name for p in (tmp_path / "channels_seg").iterdir()) == expected
+    for name in expected:
+        from_channels, from_stacked = nib.load(tmp_path / "channels_seg" / name), nib.load(
+            tmp_path / "stacked_seg" / name
+        )
+        np.testing.assert_array_equal(np.asarray(from_channels.dataobj), np.asarray(from_stacked.dataobj))
+        np.testing.assert_allclose(from_channels.affine, from_stacked.affine)
+        assert np.asarray(from_stacked.dataobj).any()  # the comparison is not between two empty volumes
 
 
 def test_basicunet_override_trains_with_the_same_pipeline(demo_dir, tmp_path):

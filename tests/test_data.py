@@ -10,7 +10,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from xunet_bundle.data import DataError, find_volumes, load_split, split_patients, write_nifti
+from xunet_bundle.data import CaseNameFormatter, DataError, find_volumes, load_split, split_patients, write_nifti
 from xunet_bundle.demo import synthetic_patient
 from xunet_bundle.transforms import CheckCased
 
@@ -87,6 +87,57 @@ def test_find_volumes_lists_nifti_only_and_rejects_empty_folders(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert [Path(v["image"]).name for v in find_volumes(tmp_path)] == ["a.nii", "b.nii.gz"]
     assert not list(tmp_path.glob(".*"))  # no temporary files left by the atomic writes
+
+
+def test_find_volumes_groups_one_file_per_channel_by_case_in_channel_order(tmp_path):
+    for name in (
+        "case_10_0001.nii.gz",
+        "case_10_0000.nii",
+        "case_2_0000.nii.gz",
+        "case_2_0001.nii.gz",
+        ".tmp_0000.nii.gz",
+    ):
+        write_nifti(np.zeros((4, 4, 4), np.uint8), np.eye(4), tmp_path / name)
+    cases = find_volumes(tmp_path, ["_0000", "_0001"])
+    assert [[Path(p).name for p in case["image"]] for case in cases] == [
+        ["case_2_0000.nii.gz", "case_2_0001.nii.gz"],
+        ["case_10_0000.nii", "case_10_0001.nii.gz"],
+    ]
+    # hidden files (such as an interrupted atomic write) are not cases
+    assert [Path(v["image"]).name for v in find_volumes(tmp_path)][0] == "case_10_0000.nii"
+    with pytest.raises(ValueError, match="distinct, non-empty"):
+        find_volumes(tmp_path, ["_0000", "_0000"])
+
+
+@pytest.mark.parametrize(
+    "names, culprit, problem",
+    [
+        (
+            ["a_0000.nii.gz"],
+            "a_0001.nii.gz",
+            r"channel file not found: case 'a' has no file for the channel\(s\) \['_0001'\]",
+        ),
+        (["a_0000.nii.gz", "a_0001.nii.gz", "a.nii.gz"], "a.nii.gz", "ends in none of the channel suffixes"),
+        (
+            ["a_0000.nii.gz", "a_0001.nii.gz", "a_0001.nii"],
+            "a_0001.nii.gz",
+            "a second file for the same channel as a_0001.nii",
+        ),
+        (["_0000.nii.gz"], "_0000.nii.gz", "ends in none of the channel suffixes"),
+    ],
+)
+def test_find_volumes_names_the_file_a_case_of_channel_files_lacks_or_has_too_many(tmp_path, names, culprit, problem):
+    for name in names:
+        write_nifti(np.zeros((4, 4, 4), np.uint8), np.eye(4), tmp_path / name)
+    with pytest.raises(DataError, match=problem) as error:
+        find_volumes(tmp_path, ["_0000", "_0001"])
+    assert error.value.path == str(tmp_path / culprit)
+
+
+def test_case_name_formatter_names_the_output_after_the_case():
+    meta = {"filename_or_obj": "/in/TCGA_CS_4941_0000.nii.gz"}
+    assert CaseNameFormatter(["_0000", "_0001", "_0002"])(meta, None)["subject"] == "/in/TCGA_CS_4941.nii.gz"
+    assert CaseNameFormatter(None)(meta, None)["subject"] == "/in/TCGA_CS_4941_0000.nii.gz"
 
 
 def _case(image_shape=(3, 8, 8, 4), label_shape=(1, 8, 8, 4), label_value=1, image_value=0.0):

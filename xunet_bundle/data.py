@@ -14,16 +14,19 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from monai.data import NibabelWriter
+from monai.data.folder_layout import default_name_formatter
 
 __all__ = [
     "LGG_AFFINE",
     "AtomicNibabelWriter",
+    "CaseNameFormatter",
     "DataError",
     "atomic_path",
     "atomic_write_json",
     "check_output_dirs",
     "find_volumes",
     "load_split",
+    "nifti_stem",
     "split_patients",
     "write_nifti",
 ]
@@ -242,26 +245,115 @@ def _resolve_paths(datalist: Path, items: Sequence[Mapping]) -> list[dict]:
     for item in items:
         entry = dict(item)
         for key in ("image", "label"):
-            if key in entry:
+            if isinstance(entry.get(key), (list, tuple)):  # one file per channel
+                entry[key] = [str((datalist.parent / path).resolve()) for path in entry[key]]
+            elif key in entry:
                 entry[key] = str((datalist.parent / entry[key]).resolve())
         resolved.append(entry)
     return resolved
 
 
-def find_volumes(folder: str | os.PathLike) -> list[dict]:
+def nifti_stem(name: str) -> str:
+    """A NIfTI file name without its ``.nii.gz`` or ``.nii`` extension."""
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def find_volumes(folder: str | os.PathLike, channel_suffixes: Sequence[str] | None = None) -> list[dict]:
     """
-    List the NIfTI volumes (``*.nii.gz``, ``*.nii``) of a folder as ``[{"image": path}, ...]``, sorted by name.
+    List the cases of a folder of NIfTI files (``*.nii.gz``, ``*.nii``; hidden files are left out), sorted by name.
+
+    Without ``channel_suffixes`` every file is one case holding all its channels: ``[{"image": path}, ...]``. With
+    them, each case is stored as one file per channel, named ``<case><suffix>.nii.gz`` (nnU-Net's layout is
+    ``["_0000", "_0001", "_0002"]``), and listed as ``[{"image": [path of the first suffix, ...]}, ...]``, which
+    MONAI's ``LoadImage`` stacks into channels in that order.
 
     Args:
         folder: folder to search (not recursive).
+        channel_suffixes: the file-name endings of a case's channel files, in channel order; None for one file per
+            case.
+
+    Raises:
+        DataError: naming the folder when it holds no NIfTI file, or, with ``channel_suffixes``, naming a file that
+            ends in none of them or a channel file that a case lacks.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "input folder does not exist.")
-    volumes = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+    volumes = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith(".")
+    )
     if not volumes:
         raise DataError(folder, "no NIfTI volumes (*.nii.gz, *.nii) in this folder.")
-    return [{"image": str(p.resolve())} for p in volumes]
+    if channel_suffixes is None:
+        return [{"image": str(p.resolve())} for p in volumes]
+    return [{"image": [str(p.resolve()) for p in files]} for files in group_channel_files(volumes, channel_suffixes)]
+
+
+def group_channel_files(files: Sequence[Path], channel_suffixes: Sequence[str]) -> list[list[Path]]:
+    """
+    Group the NIfTI files of a folder by case: ``<case><suffix>.nii.gz`` for each of ``channel_suffixes``.
+
+    Args:
+        files: the files, all in one folder.
+        channel_suffixes: the file-name endings of a case's channel files, in channel order.
+
+    Returns:
+        for each case, sorted by case name, its files in the order of ``channel_suffixes``.
+    """
+    suffixes = [str(suffix) for suffix in channel_suffixes]
+    if not suffixes or "" in suffixes or len(set(suffixes)) != len(suffixes):
+        raise ValueError(f"channel_suffixes must be distinct, non-empty strings, got {list(channel_suffixes)}.")
+    cases: dict[str, dict[str, Path]] = {}
+    for path in files:
+        stem = nifti_stem(path.name)
+        matching = [suffix for suffix in suffixes if stem.endswith(suffix) and len(stem) > len(suffix)]
+        if not matching:
+            raise DataError(
+                path, f"the file name ends in none of the channel suffixes {suffixes} (expected <case><suffix>.nii.gz)."
+            )
+        suffix = max(matching, key=len)  # the longest, when one suffix ends another ("c" and "_t1c")
+        channels = cases.setdefault(stem[: -len(suffix)], {})
+        if suffix in channels:
+            raise DataError(path, f"a second file for the same channel as {channels[suffix].name}.")
+        channels[suffix] = path
+    grouped = []
+    for case in sorted(cases, key=natural_key):
+        missing = [suffix for suffix in suffixes if suffix not in cases[case]]
+        if missing:
+            folder = files[0].parent
+            raise DataError(
+                folder / f"{case}{missing[0]}.nii.gz",
+                f"channel file not found: case {case!r} has no file for the channel(s) {missing}.",
+            )
+        grouped.append([cases[case][suffix] for suffix in suffixes])
+    return grouped
+
+
+class CaseNameFormatter:
+    """
+    ``output_name_formatter`` for MONAI's ``SaveImage``: names the output of a case read from one file per channel
+    after the case (``<case>_seg.nii.gz``) instead of after its first channel file (``<case>_0000_seg.nii.gz``).
+
+    Args:
+        channel_suffixes: the file-name endings of a case's channel files, as given to :func:`find_volumes`; None
+            (one file per case) keeps MONAI's default naming.
+    """
+
+    def __init__(self, channel_suffixes: Sequence[str] | None = None) -> None:
+        self.channel_suffixes = None if channel_suffixes is None else [str(s) for s in channel_suffixes]
+
+    def __call__(self, metadict: dict, saver: object) -> dict:
+        kwargs = default_name_formatter(metadict, saver)
+        if self.channel_suffixes:
+            path = Path(kwargs["subject"])
+            stem = nifti_stem(path.name)
+            suffix = self.channel_suffixes[0]
+            if stem.endswith(suffix):
+                kwargs["subject"] = str(path.with_name(stem[: -len(suffix)] + path.name[len(stem) :]))
+        return kwargs
 
 
 def natural_key(name: str) -> list:

@@ -5,16 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .data import NIFTI_SUFFIXES, DataError, atomic_write_json, check_output_dirs, split_patients
+from .data import NIFTI_SUFFIXES, DataError, atomic_write_json, check_output_dirs, nifti_stem, split_patients
 
 __all__ = ["prepare_datalist"]
-
-
-def _case_name(path: Path) -> str:
-    for suffix in NIFTI_SUFFIXES:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.name
 
 
 def prepare_datalist(
@@ -48,7 +41,7 @@ def prepare_datalist(
             raise DataError(folder, "folder not found (expected the Decathlon layout imagesTr/ and labelsTr/).")
     files = {
         key: {
-            _case_name(p): p
+            nifti_stem(p.name): p
             for p in folder.iterdir()
             if p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith(".")
         }

@@ -106,7 +106,7 @@ class CheckCased(MapTransform):
 
 
 def check_cases(
-    cases: Sequence[Mapping[str, str]],
+    cases: Sequence[Mapping[str, str | Sequence[str]]],
     num_channels: int = 3,
     num_classes: int = 2,
     image_key: str = "image",
@@ -118,7 +118,8 @@ def check_cases(
     dataset, MONAI would report it wrapped in a transform error, and possibly after hours of training).
 
     Args:
-        cases: items of a datalist, ``{"image": path, "label": path}`` (the label is optional).
+        cases: items of a datalist, ``{"image": path, "label": path}`` (the label is optional); the image may be a
+            list of paths, one single-channel file per channel, which must share their spatial size and affine.
         num_channels: expected number of image channels.
         num_classes: labels must lie in ``0 .. num_classes - 1``.
         image_key: key of the image path.
@@ -127,18 +128,46 @@ def check_cases(
     load = LoadImage(image_only=True)
     channel_first = EnsureChannelFirst()
     check = CheckCased(image_key, label_key, num_channels=num_channels, num_classes=num_classes)
+    check_channel = CheckCased(image_key, None, num_channels=1)
+
+    def read(path: Path, key: str) -> MetaTensor:
+        if not path.is_file():
+            raise DataError(path, f"{key} file not found.")
+        try:
+            return channel_first(load(path))
+        except Exception as e:  # readers raise anything from EOFError to zlib.error on damaged files
+            raise DataError(path, f"cannot read the {key} ({type(e).__name__}: {e}).") from e
+
     for case in cases:
-        loaded = {}
-        for key in (image_key, label_key):
-            if key not in case:
-                continue
-            path = Path(case[key])
-            if not path.is_file():
-                raise DataError(path, f"{key} file not found.")
-            try:
-                loaded[key] = channel_first(load(path))
-            except Exception as e:  # readers raise anything from EOFError to zlib.error on damaged files
-                raise DataError(path, f"cannot read the {key} ({type(e).__name__}: {e}).") from e
-        if image_key not in loaded:
+        if image_key not in case:
             raise DataError("<datalist>", f"a case has no {image_key!r} entry: {dict(case)}.")
+        loaded = {}
+        if isinstance(case[image_key], (list, tuple)):
+            paths = [Path(path) for path in case[image_key]]
+            if len(paths) != num_channels:
+                raise DataError(
+                    paths[0] if paths else "<datalist>", f"expected {num_channels} channel files, got {len(paths)}."
+                )
+            channels = [check_channel({image_key: read(path, image_key)})[image_key] for path in paths]
+            for path, channel in zip(paths[1:], channels[1:]):
+                _check_same_grid(path, channel, paths[0], channels[0])
+            loaded[image_key] = torch.cat(channels)
+        else:
+            loaded[image_key] = read(Path(case[image_key]), image_key)
+        if label_key in case:
+            loaded[label_key] = read(Path(case[label_key]), label_key)
         check(loaded)
+
+
+def _check_same_grid(path: Path, channel: torch.Tensor, first_path: Path, first: torch.Tensor) -> None:
+    """Raise a DataError naming ``path`` when its channel file is not on the same voxel grid as the first one."""
+    if channel.shape[1:] != first.shape[1:]:
+        raise DataError(
+            path, f"spatial size {tuple(channel.shape[1:])} differs from {first_path.name}'s {tuple(first.shape[1:])}."
+        )
+    if not torch.allclose(channel.affine.double(), first.affine.double(), atol=1e-4):
+        raise DataError(
+            path,
+            f"affine differs from {first_path.name}'s: the channel files of a case must be on the same voxel grid "
+            "(resample them onto one first).",
+        )
