@@ -1,0 +1,56 @@
+"""scripts/stack_channels.py: one file per sequence stacked into the multi-channel volumes MONAI Label studies need."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from conftest import REPO_ROOT
+
+from xunet_bundle.data import write_nifti
+
+SCRIPT = str(REPO_ROOT / "scripts" / "stack_channels.py")
+
+
+def split_into_channel_files(volumes: list[Path], folder: Path) -> None:
+    """Store each volume as nnU-Net does: ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``..."""
+    folder.mkdir()
+    for path in volumes:
+        image = nib.load(path)
+        array = np.asarray(image.dataobj)
+        for channel in range(array.shape[-1]):
+            write_nifti(
+                array[..., channel], image.affine, folder / path.name.replace(".nii.gz", f"_{channel:04d}.nii.gz")
+            )
+
+
+def stack(src: Path, dst: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, SCRIPT, "--src", str(src), "--dst", str(dst)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_stacked_volumes_equal_the_volumes_the_channel_files_came_from(demo_dir, tmp_path):
+    volumes = sorted((demo_dir / "imagesTr").glob("*.nii.gz"))[:3]
+    split_into_channel_files(volumes, tmp_path / "channels")
+    result = stack(tmp_path / "channels", tmp_path / "studies")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == [p.name for p in volumes]
+    for path in volumes:
+        original, stacked = nib.load(path), nib.load(tmp_path / "studies" / path.name)
+        np.testing.assert_array_equal(np.asarray(stacked.dataobj), np.asarray(original.dataobj))
+        np.testing.assert_allclose(stacked.affine, original.affine)
+
+
+def test_a_case_missing_a_channel_file_stops_before_anything_is_written(demo_dir, tmp_path):
+    volumes = sorted((demo_dir / "imagesTr").glob("*.nii.gz"))[:2]
+    split_into_channel_files(volumes, tmp_path / "channels")
+    flair = tmp_path / "channels" / volumes[1].name.replace(".nii.gz", "_0001.nii.gz")
+    flair.unlink()
+    result = stack(tmp_path / "channels", tmp_path / "studies")
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: {flair}: channel file not found"), last_line
+    assert not (tmp_path / "studies").exists()
