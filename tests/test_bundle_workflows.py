@@ -250,6 +250,26 @@ def test_inference_writes_one_segmentation_per_volume_with_its_geometry(trained,
         assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
 
 
+def test_inference_saves_the_class_probabilities_its_segmentation_is_the_argmax_of(trained, demo_dir):
+    out = trained / "pred_probabilities"
+    run_bundle(
+        "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(demo_dir / "imagesTr"),
+        "--ckpt_dir", str(trained / "models"), "--output_dir", str(out), "--save_probabilities", "True",
+        "--largest_component", "False",
+    )  # fmt: skip
+    for path in sorted((demo_dir / "imagesTr").glob("*.nii.gz")):
+        image = nib.load(path)
+        probabilities = nib.load(out / path.name.replace(".nii.gz", "_prob.nii.gz"))
+        seg = np.asarray(nib.load(out / path.name.replace(".nii.gz", "_seg.nii.gz")).dataobj)
+        assert probabilities.shape == (*image.shape[:3], 2)
+        np.testing.assert_allclose(probabilities.affine, image.affine)
+        probabilities = np.asarray(probabilities.dataobj)
+        assert probabilities.dtype == np.float32 and probabilities.min() >= 0.0
+        np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
+        decided = np.abs(probabilities[..., 1] - 0.5) > 1e-4  # leave out exact ties
+        np.testing.assert_array_equal(seg[decided], probabilities.argmax(axis=-1)[decided])
+
+
 def test_inference_on_one_file_per_channel_segments_as_on_the_stacked_volume(trained, demo_dir, tmp_path):
     """Cases stored as nnU-Net stores them (``<case>_0000.nii.gz``...) give the stacked volumes' segmentations."""
     stacked, channels = tmp_path / "stacked", tmp_path / "channels"
