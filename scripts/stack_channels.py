@@ -66,7 +66,7 @@ def main(src: str, dst: str, channel_suffixes: Sequence[str] = ("_0000", "_0001"
         num_channels: the number of channels each case must have.
     """
     try:
-        written = stack_cases(src, dst, [str(suffix) for suffix in channel_suffixes], num_channels)
+        written = stack_cases(src, dst, channel_suffixes, num_channels)
     except DataError as e:
         sys.exit(f"error: {e}")
     print(f"wrote {len(written)} volumes of {num_channels} channels to {dst}")

@@ -247,6 +247,11 @@ def file_of_no_channel(data, case):
     return stray, CHANNEL_SUFFIXES
 
 
+def channel_suffixes_not_a_list(data, case):
+    store_one_file_per_channel(data)
+    return "channel_suffixes", ("--channel_suffixes", "_0000")
+
+
 def two_channels_in_a_channel_file(data, case):
     pre_contrast = store_one_file_per_channel(data)[0][0]
     return rewrite(pre_contrast, lambda a: np.stack([a, a], axis=-1)), CHANNEL_SUFFIXES
@@ -301,6 +306,7 @@ CASES = [
     Case("inference", channel_affine_mismatch, "affine differs from .*_0000.nii.gz's"),
     Case("inference", file_of_no_channel, "ends in none of the channel suffixes"),
     Case("inference", two_channels_in_a_channel_file, "expected 1 image channels, got 2"),
+    Case("inference", channel_suffixes_not_a_list, "must be a list of file-name endings in channel order"),
     Case("inference", not_divisible_by_16, None),
     Case("inference", one_slice_volume, None),
     Case("inference", unusual_dtypes, None),

@@ -105,8 +105,11 @@ def test_find_volumes_groups_one_file_per_channel_by_case_in_channel_order(tmp_p
     ]
     # hidden files (such as an interrupted atomic write) are not cases
     assert [Path(v["image"]).name for v in find_volumes(tmp_path)][0] == "case_10_0000.nii"
-    with pytest.raises(ValueError, match="distinct, non-empty"):
+    with pytest.raises(DataError, match="channel_suffixes: must be distinct"):
         find_volumes(tmp_path, ["_0000", "_0000"])
+    for not_a_list in ("_0000", ["_0000", ""], ["_0000", 1]):
+        with pytest.raises(DataError, match="channel_suffixes: must be a list of file-name endings in channel order"):
+            find_volumes(tmp_path, not_a_list)
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,10 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 class DataError(ValueError):
-    """A file or folder a run cannot use (bad input data, an unwritable output folder); the message names it."""
+    """
+    A file or folder a run cannot use (bad input data, an unwritable output folder), or a setting that cannot describe
+    one; the message names it.
+    """
 
     def __init__(self, path: str | os.PathLike, problem: str):
         self.path = str(path)
@@ -292,6 +295,20 @@ def find_volumes(folder: str | os.PathLike, channel_suffixes: Sequence[str] | No
     return [{"image": [str(p.resolve()) for p in files]} for files in group_channel_files(volumes, channel_suffixes)]
 
 
+def channel_suffix_list(channel_suffixes: Sequence[str]) -> list[str]:
+    """Check that ``channel_suffixes`` is a list of distinct, non-empty file-name endings and return it."""
+    if isinstance(channel_suffixes, str) or not all(isinstance(s, str) and s for s in channel_suffixes):
+        raise DataError(
+            "channel_suffixes",
+            f"must be a list of file-name endings in channel order, such as ['_0000','_0001','_0002'], "
+            f"got {channel_suffixes!r}.",
+        )
+    suffixes = list(channel_suffixes)
+    if not suffixes or len(set(suffixes)) != len(suffixes):
+        raise DataError("channel_suffixes", f"must be distinct and at least one, got {suffixes}.")
+    return suffixes
+
+
 def group_channel_files(files: Sequence[Path], channel_suffixes: Sequence[str]) -> list[list[Path]]:
     """
     Group the NIfTI files of a folder by case: ``<case><suffix>.nii.gz`` for each of ``channel_suffixes``.
@@ -303,9 +320,7 @@ def group_channel_files(files: Sequence[Path], channel_suffixes: Sequence[str]) 
     Returns:
         for each case, sorted by case name, its files in the order of ``channel_suffixes``.
     """
-    suffixes = [str(suffix) for suffix in channel_suffixes]
-    if not suffixes or "" in suffixes or len(set(suffixes)) != len(suffixes):
-        raise ValueError(f"channel_suffixes must be distinct, non-empty strings, got {list(channel_suffixes)}.")
+    suffixes = channel_suffix_list(channel_suffixes)
     cases: dict[str, dict[str, Path]] = {}
     for path in files:
         stem = nifti_stem(path.name)
@@ -343,7 +358,7 @@ class CaseNameFormatter:
     """
 
     def __init__(self, channel_suffixes: Sequence[str] | None = None) -> None:
-        self.channel_suffixes = None if channel_suffixes is None else [str(s) for s in channel_suffixes]
+        self.channel_suffixes = None if channel_suffixes is None else channel_suffix_list(channel_suffixes)
 
     def __call__(self, metadict: dict, saver: object) -> dict:
         kwargs = default_name_formatter(metadict, saver)
