@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
+
+from xunet_bundle.data import nifti_stem, write_nifti
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -54,6 +58,20 @@ def copy_bundle(dst: Path, entries: tuple[str, ...]) -> Path:
             dst.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, dst / entry)
     return dst
+
+
+def write_channel_files(volume: Path, folder: Path) -> list[Path]:
+    """
+    Write a multi-channel NIfTI volume as one file per channel into ``folder``, as nnU-Net stores cases
+    (``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``...); returns the files in channel order.
+    """
+    image = nib.load(volume)
+    array = np.asarray(image.dataobj)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"{nifti_stem(volume.name)}_{channel:04d}.nii.gz" for channel in range(array.shape[-1])]
+    for channel, path in enumerate(files):
+        write_nifti(array[..., channel], image.affine, path)
+    return files
 
 
 @pytest.fixture

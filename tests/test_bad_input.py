@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import REPO_ROOT, run_bundle
+from conftest import REPO_ROOT, run_bundle, write_channel_files
 
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.data import load_split, write_nifti
@@ -211,14 +211,8 @@ def store_one_file_per_channel(data: Path) -> list[list[Path]]:
     """Replace every volume of ``imagesTr/`` by one file per channel, as nnU-Net stores cases (``<case>_0000``...)."""
     cases = []
     for path in sorted((data / "imagesTr").glob("*.nii.gz")):
-        image = nib.load(path)
-        array = np.asarray(image.dataobj)
-        case = path.name[: -len(".nii.gz")]
-        channel_paths = [path.with_name(f"{case}_{channel:04d}.nii.gz") for channel in range(array.shape[-1])]
-        for channel, channel_path in enumerate(channel_paths):
-            write_nifti(array[..., channel], image.affine, channel_path)
+        cases.append(write_channel_files(path, path.parent))
         path.unlink()
-        cases.append(channel_paths)
     return cases
 
 

@@ -13,14 +13,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, run_bundle
+from conftest import REPO_ROOT, run_bundle, write_channel_files
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, SaveImaged
 from scipy import ndimage
 
 from xunet_bundle import CrossBasicUNet
-from xunet_bundle.data import load_split, write_nifti
+from xunet_bundle.data import load_split
 from xunet_bundle.runtime import cpu_supports_bf16
 from xunet_bundle.training import latest_checkpoint
 
@@ -143,13 +143,9 @@ def per_patient_dice(eval_dir: Path) -> dict[str, float]:
 def channel_file_datalist(demo_dir: Path, folder: Path) -> Path:
     """A copy of the demo datalist in ``folder`` whose images are listed as one file per channel."""
     datalist = json.loads((demo_dir / "datalist.json").read_text())
-    (folder / "channels").mkdir()
     for item in datalist["training"] + datalist["testing"]:
-        image = nib.load(demo_dir / item["image"])
-        channel_files = [f"channels/{Path(item['image']).name[: -len('.nii.gz')]}_{c:04d}.nii.gz" for c in range(3)]
-        for channel, name in enumerate(channel_files):
-            write_nifti(np.asarray(image.dataobj)[..., channel], image.affine, folder / name)
-        item["image"] = channel_files
+        channel_files = write_channel_files(demo_dir / item["image"], folder / "channels")
+        item["image"] = [str(path.relative_to(folder)) for path in channel_files]  # relative, as prepared datalists
         item["label"] = str(demo_dir / item["label"])  # an absolute path stays as it is
     (folder / "datalist.json").write_text(json.dumps(datalist, indent=4))
     return folder
@@ -290,13 +286,9 @@ def test_inference_on_one_file_per_channel_segments_as_on_the_stacked_volume(tra
     """Cases stored as nnU-Net stores them (``<case>_0000.nii.gz``...) give the stacked volumes' segmentations."""
     stacked, channels = tmp_path / "stacked", tmp_path / "channels"
     stacked.mkdir()
-    channels.mkdir()
     for path in sorted((demo_dir / "imagesTr").glob("*.nii.gz"))[:3]:
         shutil.copy(path, stacked / path.name)
-        image = nib.load(path)
-        for channel in range(3):
-            array = np.asarray(image.dataobj)[..., channel]
-            write_nifti(array, image.affine, channels / path.name.replace(".nii.gz", f"_{channel:04d}.nii.gz"))
+        write_channel_files(path, channels)
     for folder in (stacked, channels):
         run_bundle(
             "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(folder),

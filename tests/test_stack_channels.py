@@ -8,23 +8,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from conftest import REPO_ROOT
-
-from xunet_bundle.data import write_nifti
+from conftest import REPO_ROOT, write_channel_files
 
 SCRIPT = str(REPO_ROOT / "scripts" / "stack_channels.py")
-
-
-def split_into_channel_files(volumes: list[Path], folder: Path) -> None:
-    """Store each volume as nnU-Net does: ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``..."""
-    folder.mkdir()
-    for path in volumes:
-        image = nib.load(path)
-        array = np.asarray(image.dataobj)
-        for channel in range(array.shape[-1]):
-            write_nifti(
-                array[..., channel], image.affine, folder / path.name.replace(".nii.gz", f"_{channel:04d}.nii.gz")
-            )
 
 
 def stack(src: Path, dst: Path) -> subprocess.CompletedProcess:
@@ -34,7 +20,8 @@ def stack(src: Path, dst: Path) -> subprocess.CompletedProcess:
 
 def test_stacked_volumes_equal_the_volumes_the_channel_files_came_from(demo_dir, tmp_path):
     volumes = sorted((demo_dir / "imagesTr").glob("*.nii.gz"))[:3]
-    split_into_channel_files(volumes, tmp_path / "channels")
+    for path in volumes:
+        write_channel_files(path, tmp_path / "channels")
     result = stack(tmp_path / "channels", tmp_path / "studies")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == [p.name for p in volumes]
@@ -46,7 +33,8 @@ def test_stacked_volumes_equal_the_volumes_the_channel_files_came_from(demo_dir,
 
 def test_a_case_missing_a_channel_file_stops_before_anything_is_written(demo_dir, tmp_path):
     volumes = sorted((demo_dir / "imagesTr").glob("*.nii.gz"))[:2]
-    split_into_channel_files(volumes, tmp_path / "channels")
+    for path in volumes:
+        write_channel_files(path, tmp_path / "channels")
     flair = tmp_path / "channels" / volumes[1].name.replace(".nii.gz", "_0001.nii.gz")
     flair.unlink()
     result = stack(tmp_path / "channels", tmp_path / "studies")
