@@ -1,16 +1,19 @@
 """
 Turn the JSON records of protocol runs (``benchmarks/run.sh``) into the results table and plots.
 
-For each network, a patient's (case's) Dice is the mean over that network's seeds; the table gives the mean, median
-and a bootstrap 95% confidence interval across test patients, and, against the baseline network, the per-patient
-paired difference with its paired bootstrap interval. With several labels (Hippocampus) a per-label table follows.
-With ``--costs`` (a ``scripts/benchmark.py`` JSON), a Dice-against-cost table and plot are added.
+For each network, a patient's (case's) Dice is the mean over that network's seeds (``--by_seed True`` keeps every run
+apart); the table gives the mean, median and a bootstrap 95% confidence interval across test patients, and, against
+the baseline network, the per-patient paired difference with its paired bootstrap interval. With several labels
+(Hippocampus) a per-label table follows. With ``--costs`` (a ``scripts/benchmark.py`` JSON), a Dice-against-cost table
+and plot are added.
 
 Usage::
 
     python scripts/compare.py --records benchmarks/lgg/records --out_dir benchmarks/lgg
     python scripts/compare.py --records benchmarks/lgg/variants/records --out_dir benchmarks/lgg/variants \
         --costs benchmarks/speed/variants_cpu_2cores.json
+    python scripts/compare.py --records benchmarks/lgg/all_folds/records --by_seed True \
+        --baseline xunet_all_folds_bf16_seed0 --out_dir benchmarks/lgg/all_folds/seeds
 """
 
 from __future__ import annotations
@@ -258,6 +261,7 @@ def main(
     costs: str | None = None,
     cost_case: str = "2d_b4",
     title: str = "LGG protocol results",
+    by_seed: bool = False,
 ) -> None:
     """
     Args:
@@ -268,9 +272,13 @@ def main(
         costs: a JSON written by ``scripts/benchmark.py --json_out``, for the Dice-against-cost table and plot.
         cost_case: the benchmark case giving the costs (``2d_b4`` for LGG, ``3d_b1`` for Hippocampus).
         title: heading of ``results.md``.
+        by_seed: compare every run on its own, as ``<network>_seed<seed>``, instead of averaging a network's seeds:
+            for one seed against another, or one seed against another network (``baseline`` names such a run).
     """
     folders = records.split(",") if isinstance(records, str) else list(records)
     grouped = load_records(folders)
+    if by_seed:
+        grouped = {f"{network}_seed{run['seed']}": [run] for network, runs in grouped.items() for run in runs}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(grouped, baseline) + per_label_rows(grouped)
@@ -292,6 +300,7 @@ def main(
         + (f" --costs {costs} --cost_case {cost_case}" if costs else "")
         + (f" --baseline {baseline}" if baseline != "basicunet" else "")
         + (f" --title '{title}'" if title != "LGG protocol results" else "")
+        + (" --by_seed True" if by_seed else "")
         + f"` from {sum(len(r) for r in grouped.values())} run records; {num_patients} test patients (cases); "
         "Dice per patient in 3D of the network's own output unless stated (the mean over foreground labels when "
         "there are several); HD95 in voxels; intervals are bootstrap (BCa) 95% intervals across patients.",

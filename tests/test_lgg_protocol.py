@@ -196,3 +196,25 @@ def test_compare_plots_runs_that_validated_nothing_without_warnings(records, tmp
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_by_seed_sets_one_seed_against_another(records, tmp_path):
+    """``--by_seed True`` keeps every run apart: a second seed of the same network is compared with the first."""
+    first = json.loads((records / "xunet_all_folds_seed3.json").read_text())
+    second = {**first, "seed": 4}
+    for key in ("test_dice", "test_dice_largest_component"):
+        second[key] = {patient: dice / 2 for patient, dice in first[key].items()}
+    (tmp_path / "xunet_all_folds_seed3.json").write_text(json.dumps(first))
+    (tmp_path / "xunet_all_folds_seed4.json").write_text(json.dumps(second))
+    result = subprocess.run(
+        [sys.executable, "scripts/compare.py", "--records", str(tmp_path), "--by_seed", "True",
+         "--baseline", "xunet_all_folds_seed3", "--out_dir", str(tmp_path / "out")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "out" / "results.md").read_text()
+    for run in (first, second):
+        assert f"| xunet_all_folds_seed{run['seed']} | 1 | {np.mean(list(run['test_dice'].values())):.3f} |" in table
+    difference = np.mean([second["test_dice"][p] - first["test_dice"][p] for p in first["test_dice"]])
+    assert f"| xunet_all_folds_seed4 - xunet_all_folds_seed3 | {difference:+.3f} |" in table
+    assert "--by_seed True" in table and "| xunet_all_folds |" not in table
