@@ -25,7 +25,7 @@ from monai.transforms import LoadImage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xunet_bundle.data import DataError, check_output_dirs, find_volumes, nifti_stem, write_nifti  # noqa: E402
+from xunet_bundle.data import DataError, case_name, check_output_dirs, find_volumes, write_nifti  # noqa: E402
 from xunet_bundle.transforms import check_cases  # noqa: E402
 
 
@@ -48,8 +48,7 @@ def stack_cases(src: str, dst: str, channel_suffixes: Sequence[str], num_channel
     load = LoadImage(image_only=True, ensure_channel_first=True, dtype=None)
     written = []
     for case in cases:
-        first = Path(case["image"][0])
-        volume = Path(dst) / f"{nifti_stem(first.name)[: -len(channel_suffixes[0])]}.nii.gz"
+        volume = Path(dst) / f"{case_name(case['image'][0], channel_suffixes[0])}.nii.gz"
         image = load(case["image"])
         write_nifti(np.moveaxis(image.numpy(), 0, -1), image.affine.numpy(), volume)
         written.append(volume)

@@ -10,7 +10,15 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from xunet_bundle.data import CaseNameFormatter, DataError, find_volumes, load_split, split_patients, write_nifti
+from xunet_bundle.data import (
+    CaseNameFormatter,
+    DataError,
+    case_name,
+    find_volumes,
+    load_split,
+    split_patients,
+    write_nifti,
+)
 from xunet_bundle.demo import synthetic_patient
 from xunet_bundle.transforms import CheckCased
 
@@ -141,6 +149,20 @@ def test_case_name_formatter_names_the_output_after_the_case():
     meta = {"filename_or_obj": "/in/TCGA_CS_4941_0000.nii.gz"}
     assert CaseNameFormatter(["_0000", "_0001", "_0002"])(meta, None)["subject"] == "/in/TCGA_CS_4941.nii.gz"
     assert CaseNameFormatter(None)(meta, None)["subject"] == "/in/TCGA_CS_4941_0000.nii.gz"
+    uncompressed = {"filename_or_obj": "/in/case_7_t1.nii"}
+    assert CaseNameFormatter(["_t1", "_flair"])(uncompressed, None)["subject"] == "/in/case_7.nii"
+
+
+@pytest.mark.parametrize(
+    "path, suffix, case",
+    [
+        ("/in/TCGA_CS_4941_0000.nii.gz", "_0000", "TCGA_CS_4941"),
+        ("case_7_flair.nii", "_flair", "case_7"),
+        ("/in/other_0001.nii.gz", "_0000", "other_0001"),  # not a file of that channel: only the extension goes
+    ],
+)
+def test_case_name_strips_the_channel_suffix_and_extension(path, suffix, case):
+    assert case_name(path, suffix) == case
 
 
 def _case(image_shape=(3, 8, 8, 4), label_shape=(1, 8, 8, 4), label_value=1, image_value=0.0):

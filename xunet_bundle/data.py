@@ -264,6 +264,18 @@ def nifti_stem(name: str) -> str:
     return name
 
 
+def case_name(channel_file: str | os.PathLike, suffix: str) -> str:
+    """
+    The name of the case that a channel file ``<case><suffix>.nii.gz`` belongs to.
+
+    Args:
+        channel_file: path or name of the file.
+        suffix: the file-name ending of its channel; a name not ending in it is returned without its extension only.
+    """
+    stem = nifti_stem(Path(channel_file).name)
+    return stem[: -len(suffix)] if suffix and stem.endswith(suffix) else stem
+
+
 def find_volumes(folder: str | os.PathLike, channel_suffixes: Sequence[str] | None = None) -> list[dict]:
     """
     List the cases of a folder of NIfTI files (``*.nii.gz``, ``*.nii``; hidden files are left out), sorted by name.
@@ -364,10 +376,8 @@ class CaseNameFormatter:
         kwargs = default_name_formatter(metadict, saver)
         if self.channel_suffixes:
             path = Path(kwargs["subject"])
-            stem = nifti_stem(path.name)
-            suffix = self.channel_suffixes[0]
-            if stem.endswith(suffix):
-                kwargs["subject"] = str(path.with_name(stem[: -len(suffix)] + path.name[len(stem) :]))
+            extension = path.name[len(nifti_stem(path.name)) :]
+            kwargs["subject"] = str(path.with_name(case_name(path, self.channel_suffixes[0]) + extension))
         return kwargs
 
 
