@@ -12,8 +12,8 @@ Usage::
     python scripts/compare.py --records benchmarks/lgg/records --out_dir benchmarks/lgg
     python scripts/compare.py --records benchmarks/lgg/variants/records --out_dir benchmarks/lgg/variants \
         --costs benchmarks/speed/variants_cpu_2cores.json
-    python scripts/compare.py --records benchmarks/lgg/all_folds/records --by_seed True \
-        --baseline xunet_all_folds_bf16_seed0 --out_dir benchmarks/lgg/all_folds/seeds
+    python scripts/compare.py --records benchmarks/lgg/all_folds/records,benchmarks/lgg/all_folds/seed1/records \
+        --by_seed True --baseline xunet_all_folds_bf16_seed0 --out_dir benchmarks/lgg/all_folds/seed1/seed_to_seed
 """
 
 from __future__ import annotations

@@ -342,7 +342,7 @@ def group_channel_files(files: Sequence[Path], channel_suffixes: Sequence[str]) 
                 path, f"the file name ends in none of the channel suffixes {suffixes} (expected <case><suffix>.nii.gz)."
             )
         suffix = max(matching, key=len)  # the longest, when one suffix ends another ("c" and "_t1c")
-        channels = cases.setdefault(stem[: -len(suffix)], {})
+        channels = cases.setdefault(case_name(path, suffix), {})
         if suffix in channels:
             raise DataError(path, f"a second file for the same channel as {channels[suffix].name}.")
         channels[suffix] = path
