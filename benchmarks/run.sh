@@ -13,7 +13,8 @@
 # continues an interrupted run from its last checkpoint (a run may span several sittings). An already prepared
 # work_dir/data is reused. Every training command is appended to <run_dir>/commands.log, which the record keeps. The
 # record's seconds add up every sitting: each one that ends, or is stopped by SIGTERM or SIGHUP, appends its seconds
-# to <run_dir>/sittings.log (a sitting killed by SIGKILL or a power loss is not counted).
+# to <run_dir>/sittings.log; one killed by SIGKILL or a power loss is counted by the next sitting up to its last
+# heartbeat (every HEARTBEAT_SECONDS, 60).
 set -euo pipefail
 network=${1:?xunet, basicunet, xunet_attention or xunet_projected}
 seed=${2:?seed}
@@ -63,7 +64,20 @@ eval_base=(python -m monai.bundle run evaluating --config_file "${configs%]},'co
 eval_cmd=("${eval_base[@]}" --output_dir "$run_dir/eval" --largest_component False)
 lcc_eval_cmd=("${eval_base[@]}" --output_dir "$run_dir/eval_largest_component" --largest_component True)
 start=$(date +%s)
-trap 'echo $(($(date +%s) - start)) >> "$run_dir/sittings.log"' EXIT
+# A sitting killed by SIGKILL (a session's hard end) runs no trap: it leaves its last heartbeat in sitting.open, which
+# the next sitting counts instead, so at most a heartbeat interval of its time is lost.
+if [ -f "$run_dir/sitting.open" ]; then
+    cat "$run_dir/sitting.open" >> "$run_dir/sittings.log"
+    rm "$run_dir/sitting.open"
+fi
+heartbeat_seconds=${HEARTBEAT_SECONDS:-60}
+(
+    while sleep "$heartbeat_seconds" && kill -0 $$ 2> /dev/null; do
+        echo $(($(date +%s) - start)) > "$run_dir/sitting.open.tmp" && mv "$run_dir/sitting.open.tmp" "$run_dir/sitting.open"
+    done
+) > /dev/null 2>&1 &
+heartbeat=$!
+trap 'kill "$heartbeat" 2> /dev/null; wait "$heartbeat" || true; echo $(($(date +%s) - start)) >> "$run_dir/sittings.log"; rm -f "$run_dir/sitting.open"' EXIT
 earlier_seconds=0
 [ -f "$run_dir/sittings.log" ] && earlier_seconds=$(awk '{ total += $1 } END { print total }' "$run_dir/sittings.log")
 commit=$(git rev-parse HEAD)$(git diff --quiet HEAD || echo -dirty)

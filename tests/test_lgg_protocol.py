@@ -6,8 +6,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,36 @@ def test_a_run_spread_over_two_sittings_records_the_time_of_both(records, tmp_pa
     assert first_sitting < second["seconds"] <= sum(sittings)
     assert len(second["train_commands"]) == 2 and second["train_commands"][1].endswith("--resume True")
     assert second["model_md5"] == first["model_md5"] and second["test_dice"] == first["test_dice"]
+
+
+def test_a_sitting_killed_without_warning_is_counted_by_the_next(records, tmp_path):
+    """A sitting ended by SIGKILL runs no trap: its last heartbeat is what the next sitting adds to the record."""
+    work = tmp_path / "work"
+    shutil.copytree(records.parent, work, ignore=shutil.ignore_patterns("records"))
+    run_dir = work / "xunet_seed3"
+    env = {**os.environ, "EPOCHS": "1", "VAL_INTERVAL": "1", "RECORDS_DIR": str(tmp_path / "records")}
+    env.update(RESUME="1", HEARTBEAT_SECONDS="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    sitting = subprocess.Popen(
+        ["bash", "benchmarks/run.sh", "xunet", "3", "unused-source", str(work)],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    heartbeat = run_dir / "sitting.open"
+    deadline = time.monotonic() + 120
+    while not heartbeat.exists() and sitting.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sitting.poll() is None, "the sitting ended before its first heartbeat"
+    os.killpg(sitting.pid, signal.SIGKILL)
+    sitting.wait(timeout=30)
+    killed_seconds = int(heartbeat.read_text())
+    assert killed_seconds >= 1
+    assert len((run_dir / "sittings.log").read_text().split()) == 1  # the killed sitting could not count itself
+
+    run_protocol("xunet", work, tmp_path / "records", RESUME="1")
+    sittings = [int(line) for line in (run_dir / "sittings.log").read_text().split()]
+    assert len(sittings) == 3 and sittings[1] == killed_seconds and not heartbeat.exists()
+    record = json.loads((tmp_path / "records" / "xunet_seed3.json").read_text())
+    assert sum(sittings[:2]) < record["seconds"] <= sum(sittings)
 
 
 def test_shipped_weights_are_traced_to_their_run_record(shipped_weights):
