@@ -262,6 +262,7 @@ def main(
     cost_case: str = "2d_b4",
     title: str = "LGG protocol results",
     by_seed: bool = False,
+    plots: bool = True,
 ) -> None:
     """
     Args:
@@ -274,6 +275,8 @@ def main(
         title: heading of ``results.md``.
         by_seed: compare every run on its own, as ``<network>_seed<seed>``, instead of averaging a network's seeds:
             for one seed against another, or one seed against another network (``baseline`` names such a run).
+        plots: also draw the PNGs; ``False`` for a second comparison of records whose plots are drawn already (the
+            plots do not depend on ``baseline``).
     """
     folders = records.split(",") if isinstance(records, str) else list(records)
     grouped = load_records(folders)
@@ -301,16 +304,18 @@ def main(
         + (f" --baseline {baseline}" if baseline != "basicunet" else "")
         + (f" --title '{title}'" if title != "LGG protocol results" else "")
         + (" --by_seed True" if by_seed else "")
+        + ("" if plots else " --plots False")
         + f"` from {sum(len(r) for r in grouped.values())} run records; {num_patients} test patients (cases); "
         "Dice per patient in 3D of the network's own output unless stated (the mean over foreground labels when "
         "there are several); HD95 in voxels; intervals are bootstrap (BCa) 95% intervals across patients.",
         "",
     ]
     (out / "results.md").write_text("\n".join(header + rows) + "\n")
-    plot_learning_curves(grouped, out / "learning_curves.png")
-    plot_per_patient(grouped, out / "per_patient_dice.png")
-    if figures:
-        plot_dice_against_cost(figures, cost_case, out / "dice_vs_cost.png")
+    if plots:
+        plot_learning_curves(grouped, out / "learning_curves.png")
+        plot_per_patient(grouped, out / "per_patient_dice.png")
+        if figures:
+            plot_dice_against_cost(figures, cost_case, out / "dice_vs_cost.png")
     print("\n".join(rows))
 
 

@@ -250,3 +250,15 @@ def test_compare_by_seed_sets_one_seed_against_another(records, tmp_path):
     difference = np.mean([second["test_dice"][p] - first["test_dice"][p] for p in first["test_dice"]])
     assert f"| xunet_all_folds_seed4 - xunet_all_folds_seed3 | {difference:+.3f} |" in table
     assert "--by_seed True" in table and "| xunet_all_folds |" not in table
+
+
+def test_compare_without_plots_writes_the_table_only(records, tmp_path):
+    """``--plots False`` (a second comparison of the same records) writes ``results.md`` and says so, but no PNG."""
+    result = subprocess.run(
+        [sys.executable, "scripts/compare.py", "--records", str(records), "--baseline", "xunet", "--plots", "False",
+         "--out_dir", str(tmp_path / "out")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--plots False" in (tmp_path / "out" / "results.md").read_text()
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["results.md"]
