@@ -19,14 +19,17 @@ from conftest import REPO_ROOT
 NETWORKS = ("xunet", "basicunet", "xunet_projected")
 
 
-def run_protocol(network: str, work: Path, records_dir: Path, **extra_env: str) -> None:
-    """A one-epoch ``benchmarks/run.sh`` run of ``network`` (seed 3) in ``work``, recorded in ``records_dir``."""
+def protocol_command(network: str, work: Path, records_dir: Path, **extra_env: str) -> tuple[list[str], dict]:
+    """The command and environment of a one-epoch ``benchmarks/run.sh`` run of ``network`` (seed 3) in ``work``."""
     env = {**os.environ, "EPOCHS": "1", "VAL_INTERVAL": "1", "RECORDS_DIR": str(records_dir), **extra_env}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    result = subprocess.run(
-        ["bash", "benchmarks/run.sh", network, "3", "unused-source", str(work)],
-        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+    return ["bash", "benchmarks/run.sh", network, "3", "unused-source", str(work)], env
+
+
+def run_protocol(network: str, work: Path, records_dir: Path, **extra_env: str) -> None:
+    """A one-epoch ``benchmarks/run.sh`` run of ``network`` (seed 3) in ``work``, recorded in ``records_dir``."""
+    command, env = protocol_command(network, work, records_dir, **extra_env)
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
@@ -101,13 +104,10 @@ def test_a_sitting_killed_without_warning_is_counted_by_the_next(records, tmp_pa
     work = tmp_path / "work"
     shutil.copytree(records.parent, work, ignore=shutil.ignore_patterns("records"))
     run_dir = work / "xunet_seed3"
-    env = {**os.environ, "EPOCHS": "1", "VAL_INTERVAL": "1", "RECORDS_DIR": str(tmp_path / "records")}
-    env.update(RESUME="1", HEARTBEAT_SECONDS="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    command, env = protocol_command("xunet", work, tmp_path / "records", RESUME="1", HEARTBEAT_SECONDS="1")
     sitting = subprocess.Popen(
-        ["bash", "benchmarks/run.sh", "xunet", "3", "unused-source", str(work)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     heartbeat = run_dir / "sitting.open"
     deadline = time.monotonic() + 120
     while not heartbeat.exists() and sitting.poll() is None and time.monotonic() < deadline:
