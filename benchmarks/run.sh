@@ -77,7 +77,8 @@ heartbeat_seconds=${HEARTBEAT_SECONDS:-60}
     done
 ) > /dev/null 2>&1 &
 heartbeat=$!
-trap 'kill "$heartbeat" 2> /dev/null; wait "$heartbeat" || true; echo $(($(date +%s) - start)) >> "$run_dir/sittings.log"; rm -f "$run_dir/sitting.open"' EXIT
+# The heartbeat may be gone already (a SIGTERM to the process group reaches it first); set -e would end the trap there.
+trap 'kill "$heartbeat" 2> /dev/null || true; wait "$heartbeat" || true; echo $(($(date +%s) - start)) >> "$run_dir/sittings.log"; rm -f "$run_dir/sitting.open"' EXIT
 earlier_seconds=0
 [ -f "$run_dir/sittings.log" ] && earlier_seconds=$(awk '{ total += $1 } END { print total }' "$run_dir/sittings.log")
 commit=$(git rev-parse HEAD)$(git diff --quiet HEAD || echo -dirty)

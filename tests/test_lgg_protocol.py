@@ -99,8 +99,8 @@ def test_a_run_spread_over_two_sittings_records_the_time_of_both(records, tmp_pa
     assert second["model_md5"] == first["model_md5"] and second["test_dice"] == first["test_dice"]
 
 
-def test_a_sitting_killed_without_warning_is_counted_by_the_next(records, tmp_path):
-    """A sitting ended by SIGKILL runs no trap: its last heartbeat is what the next sitting adds to the record."""
+def start_sitting_until_its_first_heartbeat(records, tmp_path):
+    """Starts a resumed sitting in its own process group; returns it and its run folder once it has a heartbeat."""
     work = tmp_path / "work"
     shutil.copytree(records.parent, work, ignore=shutil.ignore_patterns("records"))
     run_dir = work / "xunet_seed3"
@@ -108,18 +108,34 @@ def test_a_sitting_killed_without_warning_is_counted_by_the_next(records, tmp_pa
     sitting = subprocess.Popen(
         command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    heartbeat = run_dir / "sitting.open"
     deadline = time.monotonic() + 120
-    while not heartbeat.exists() and sitting.poll() is None and time.monotonic() < deadline:
+    while not (run_dir / "sitting.open").exists() and sitting.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert sitting.poll() is None, "the sitting ended before its first heartbeat"
+    return sitting, run_dir
+
+
+def test_a_sitting_stopped_by_sigterm_counts_itself(records, tmp_path):
+    """SIGTERM to the whole process group (how a sitting is ended by hand) still appends the sitting's seconds."""
+    sitting, run_dir = start_sitting_until_its_first_heartbeat(records, tmp_path)
+    os.killpg(sitting.pid, signal.SIGTERM)
+    sitting.wait(timeout=60)
+    sittings = [int(line) for line in (run_dir / "sittings.log").read_text().split()]
+    assert len(sittings) == 2 and sittings[1] >= 1
+    assert not (run_dir / "sitting.open").exists()
+
+
+def test_a_sitting_killed_without_warning_is_counted_by_the_next(records, tmp_path):
+    """A sitting ended by SIGKILL runs no trap: its last heartbeat is what the next sitting adds to the record."""
+    sitting, run_dir = start_sitting_until_its_first_heartbeat(records, tmp_path)
+    heartbeat = run_dir / "sitting.open"
     os.killpg(sitting.pid, signal.SIGKILL)
     sitting.wait(timeout=30)
     killed_seconds = int(heartbeat.read_text())
     assert killed_seconds >= 1
     assert len((run_dir / "sittings.log").read_text().split()) == 1  # the killed sitting could not count itself
 
-    run_protocol("xunet", work, tmp_path / "records", RESUME="1")
+    run_protocol("xunet", run_dir.parent, tmp_path / "records", RESUME="1")
     sittings = [int(line) for line in (run_dir / "sittings.log").read_text().split()]
     assert len(sittings) == 3 and sittings[1] == killed_seconds and not heartbeat.exists()
     record = json.loads((tmp_path / "records" / "xunet_seed3.json").read_text())
