@@ -14,7 +14,7 @@
 # work_dir/data is reused. Every training command is appended to <run_dir>/commands.log, which the record keeps. The
 # record's seconds add up every sitting: each one that ends, or is stopped by SIGTERM or SIGHUP, appends its seconds
 # to <run_dir>/sittings.log; one killed by SIGKILL or a power loss is counted by the next sitting up to its last
-# heartbeat (every HEARTBEAT_SECONDS, 60).
+# heartbeat (every HEARTBEAT_SECONDS, 60). GIT_COMMIT sets the record's commit where the tree has no git.
 set -euo pipefail
 network=${1:?xunet, basicunet, xunet_attention or xunet_projected}
 seed=${2:?seed}
@@ -81,7 +81,8 @@ heartbeat=$!
 trap 'kill "$heartbeat" 2> /dev/null || true; wait "$heartbeat" || true; echo $(($(date +%s) - start)) >> "$run_dir/sittings.log"; rm -f "$run_dir/sitting.open"' EXIT
 earlier_seconds=0
 [ -f "$run_dir/sittings.log" ] && earlier_seconds=$(awk '{ total += $1 } END { print total }' "$run_dir/sittings.log")
-commit=$(git rev-parse HEAD)$(git diff --quiet HEAD || echo -dirty)
+# GIT_COMMIT names the commit where the working tree is a copy without git (a run on another machine)
+commit=${GIT_COMMIT:-$(git rev-parse HEAD)$(git diff --quiet HEAD || echo -dirty)}
 echo "$(date -u +%FT%TZ) ${train_cmd[*]}" >> "$run_dir/commands.log"
 "${train_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
 "${eval_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
