@@ -14,7 +14,8 @@
 # work_dir/data is reused. Every training command is appended to <run_dir>/commands.log, which the record keeps. The
 # record's seconds add up every sitting: each one that ends, or is stopped by SIGTERM or SIGHUP, appends its seconds
 # to <run_dir>/sittings.log; one killed by SIGKILL or a power loss is counted by the next sitting up to its last
-# heartbeat (every HEARTBEAT_SECONDS, 60). GIT_COMMIT sets the record's commit where the tree has no git.
+# heartbeat (every HEARTBEAT_SECONDS, 60). Each sitting appends where it runs to <run_dir>/machines.log. GIT_COMMIT
+# sets the record's commit where the tree has no git.
 set -euo pipefail
 network=${1:?xunet, basicunet, xunet_attention or xunet_projected}
 seed=${2:?seed}
@@ -84,6 +85,7 @@ earlier_seconds=0
 # GIT_COMMIT names the commit where the working tree is a copy without git (a run on another machine)
 commit=${GIT_COMMIT:-$(git rev-parse HEAD)$(git diff --quiet HEAD || echo -dirty)}
 echo "$(date -u +%FT%TZ) ${train_cmd[*]}" >> "$run_dir/commands.log"
+python scripts/describe_machine.py >> "$run_dir/machines.log"
 "${train_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
 "${eval_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
 record_args=()

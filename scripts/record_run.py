@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import platform
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +22,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from describe_machine import describe_machine  # noqa: E402
 
 from xunet_bundle.data import atomic_write_json  # noqa: E402
 from xunet_bundle.training import latest_checkpoint  # noqa: E402
@@ -73,6 +75,24 @@ def read_commands(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if line.strip()]
 
 
+def read_machines(log: Path) -> list[dict]:
+    """
+    Where each sitting of the run trained, as ``run.sh`` logged it (one ``describe_machine.py`` JSON line per sitting);
+    empty for runs from before the log existed.
+    """
+    if not log.is_file():
+        return []
+    machines = []
+    for number, line in enumerate(log.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            machines.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{log}, line {number}: not a JSON machine description ({error.msg}).") from error
+    return machines
+
+
 def read_curves(tensorboard_dir: Path) -> dict[str, list[list[float]]]:
     """Every scalar of the run's TensorBoard events as ``{tag: [[step, value], ...]}``."""
     accumulator = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
@@ -93,7 +113,8 @@ def main(
     """
     Args:
         run_dir: the run's output folder (``tensorboard/``, ``eval/``, ``models/model.pt``, whose md5 the record
-            keeps so that shipped weights can be traced to their run).
+            keeps so that shipped weights can be traced to their run; ``machines.log``, where each sitting trained).
+            The record's ``machine`` is the one that evaluated the model and wrote the record.
         network: name of the network trained.
         seed: the run's seed.
         seconds: wall-clock time of training and evaluation.
@@ -115,12 +136,8 @@ def main(
         "git_commit": git_commit or current_commit(),
         "train_commands": read_commands(run_dir / "commands.log"),
         "eval_command": eval_command,
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        },
+        "machine": describe_machine(),
+        "sitting_machines": read_machines(run_dir / "machines.log"),
         "model_md5": hashlib.md5((run_dir / "models" / "model.pt").read_bytes()).hexdigest(),
         "seconds": seconds,
         "epochs": int(trainer["iteration"]) // int(trainer["epoch_length"]),

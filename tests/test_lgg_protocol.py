@@ -54,6 +54,9 @@ def test_record_holds_commands_curves_and_per_patient_metrics(records, demo_dir)
     (command,) = record["train_commands"]
     assert "--seed 3" in command and "configs/evaluate.json" in record["eval_command"]
     assert len(record["git_commit"]) >= 40
+    (sitting_machine,) = record["sitting_machines"]
+    assert sitting_machine["device"] == record["machine"]["device"]  # trained and evaluated here
+    assert sitting_machine["cpu_count"] == os.cpu_count() and command[:20] <= sitting_machine["started"]
     assert record["epochs"] == 1 and len(record["train_loss"]) == record["epoch_length"]
     assert [step for step, _ in record["val_mean_dice"]] == [1]
     assert record["test_dice_per_label"] == {}  # a single foreground label
@@ -96,7 +99,19 @@ def test_a_run_spread_over_two_sittings_records_the_time_of_both(records, tmp_pa
     # the second sitting only evaluates the finished model, so its time alone is shorter than the first's
     assert first_sitting < second["seconds"] <= sum(sittings)
     assert len(second["train_commands"]) == 2 and second["train_commands"][1].endswith("--resume True")
+    assert len(second["sitting_machines"]) == 2  # each sitting says where it ran
     assert second["model_md5"] == first["model_md5"] and second["test_dice"] == first["test_dice"]
+
+
+def test_a_damaged_machine_log_is_named_in_the_error(records, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(records.parent, work, ignore=shutil.ignore_patterns("records"))
+    log = work / "xunet_seed3" / "machines.log"
+    log.write_text(log.read_text() + '{"started": "2026-12-04T13:14:14Z", "dev\n')
+    command, env = protocol_command("xunet", work, tmp_path / "records", RESUME="1")
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and not (tmp_path / "records" / "xunet_seed3.json").exists()
+    assert f"{log}, line 2: not a JSON machine description" in result.stderr
 
 
 def start_sitting_until_its_first_heartbeat(records, tmp_path):
