@@ -104,12 +104,13 @@ def test_a_run_spread_over_two_sittings_records_the_time_of_both(records, tmp_pa
 
 
 def test_a_damaged_machine_log_is_named_in_the_error(records, tmp_path):
+    """A machines.log line that is not JSON stops the record, and the error names the log and the line."""
     work = tmp_path / "work"
     shutil.copytree(records.parent, work, ignore=shutil.ignore_patterns("records"))
     log = work / "xunet_seed3" / "machines.log"
     log.write_text(log.read_text() + '{"started": "2026-12-04T13:14:14Z", "dev\n')
     command, env = protocol_command("xunet", work, tmp_path / "records", RESUME="1")
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and not (tmp_path / "records" / "xunet_seed3.json").exists()
     assert f"{log}, line 2: not a JSON machine description" in result.stderr
 
