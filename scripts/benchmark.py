@@ -8,6 +8,7 @@ Usage::
 
     python scripts/benchmark.py                      # all cases, markdown table on stdout
     python scripts/benchmark.py --cases 2d_b4 --repeats 5 --json_out runs/benchmark.json
+    python scripts/benchmark.py --cases 2d_b4 --models xunet_fast --cpu_path False --metatensor True   # input types
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import fire
 import torch
+from monai.data import MetaTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,6 +75,7 @@ def measure(
     bf16: bool = False,
     threads: int = 0,
     mallopt: bool = False,
+    metatensor: bool = False,
 ) -> None:
     """
     One measurement in this process; prints a JSON line. Called by :func:`main` in a fresh process.
@@ -87,6 +90,7 @@ def measure(
         bf16: autocast to bfloat16.
         threads: torch intra-op threads (0: PyTorch's default).
         mallopt: tune glibc malloc at run time (:func:`xunet_bundle.runtime.tune_glibc_malloc`), as the bundle does.
+        metatensor: feed MONAI ``MetaTensor`` images and labels, as MONAI pipelines give unless the metadata is dropped.
     """
     if mallopt:
         tune_glibc_malloc()
@@ -97,6 +101,8 @@ def measure(
     net = build(model, spec["spatial_dims"], spec["in_channels"]).to(device)
     x = torch.randn(spec["batch"], spec["in_channels"], *spec["size"], device=device)
     y = torch.randint(0, 2, (spec["batch"], *spec["size"]), device=device)
+    if metatensor:
+        x, y = MetaTensor(x), MetaTensor(y)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
 
@@ -147,9 +153,10 @@ def _run_one(
     threads: int,
     env: dict | None = None,
     mallopt: bool = False,
+    metatensor: bool = False,
 ) -> dict:
     command = [sys.executable, __file__, "measure", model, case, mode, f"--repeats={repeats}", f"--device={device}"]
-    command += [f"--bf16={bf16}", f"--threads={threads}", f"--mallopt={mallopt}"]
+    command += [f"--bf16={bf16}", f"--threads={threads}", f"--mallopt={mallopt}", f"--metatensor={metatensor}"]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -161,6 +168,7 @@ def main(
     device: str = "cpu",
     threads: int = 0,
     cpu_path: bool = True,
+    metatensor: bool = False,
     json_out: str | None = None,
 ) -> None:
     """
@@ -171,6 +179,8 @@ def main(
         device: ``cpu`` or ``cuda``.
         threads: torch intra-op threads (0: PyTorch's default).
         cpu_path: also measure glibc malloc tuning and bf16 autocast for the 2D batch-4 case on CPU.
+        metatensor: also measure each case's train step with ``MetaTensor`` inputs against plain tensors (the
+            bundle's train pipeline drops the metadata before batching).
         json_out: also write all measurements to this JSON file.
     """
     cases = cases.split(",") if isinstance(cases, str) else list(cases)
@@ -224,6 +234,21 @@ def main(
                         {"case": "2d_b4", "mode": "train", "model": model, "malloc": malloc, "dtype": dtype, **r}
                     )
                     print(f"| {model} | {malloc} | {dtype} | {r['seconds']:.3f} | {r['seconds'] / reference:.2f} |")
+    if metatensor:
+        print(
+            "\n# train step with MONAI MetaTensor inputs against plain tensors (what the bundle's train pipeline gives)"
+        )
+        print("| case | model | input | seconds | ratio to plain tensors |")
+        print("| --- | --- | --- | --- | --- |")
+        for case in cases:
+            for model in models:
+                plain, meta = (
+                    _run_one(model, case, "train", repeats, device, False, threads, mallopt=tuned, metatensor=wrapped)
+                    for wrapped in (False, True)
+                )
+                for name, r in (("tensor", plain), ("MetaTensor", meta)):
+                    rows.append({"case": case, "mode": "train", "model": model, "input": name, **r})
+                    print(f"| {case} | {model} | {name} | {r['seconds']:.3f} | {r['seconds'] / plain['seconds']:.2f} |")
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(rows, indent=4) + "\n")

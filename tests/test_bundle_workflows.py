@@ -347,3 +347,29 @@ def test_largest_component_postprocessing_removes_smaller_islands(largest, expec
     pred = Compose(transforms)({"pred": MetaTensor(logits)})["pred"]
     assert ndimage.label(pred[0].numpy() > 0)[1] == expected_components
     assert pred[0, 2:8, 2:8, 1:3].all()
+
+
+def test_training_batches_drop_metadata_and_keep_the_same_augmentations(demo_dir):
+    """Training batches are plain tensors (MetaTensor's per-op bookkeeping costs every network op of every step), and
+    dropping the metadata after the augmentations changes none of their voxels."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs" / "train.json"))
+    parser.update({"dataset_dir": str(demo_dir), "num_workers": 0})
+    item = load_split(parser.get_parsed_content("datalist"), "train", 0)[0]
+    untracked = parser.get_parsed_content("train#preprocessing", lazy=False)
+    # fresh instances (lazy=False), so that each pipeline draws from its own random state
+    tracked = Compose(
+        parser.get_parsed_content("load_transforms", lazy=False)
+        + parser.get_parsed_content("train_transforms", lazy=False)
+    )
+    untracked.set_random_state(seed=7)
+    tracked.set_random_state(seed=7)
+    for _ in range(3):  # a few draws, so that the affine and intensity transforms are applied too
+        samples, reference = untracked(item), tracked(item)
+        assert len(samples) == len(reference) == parser["slices_per_volume"]
+        for sample, expected in zip(samples, reference):
+            for key in ("image", "label"):
+                assert type(sample[key]) is torch.Tensor and isinstance(expected[key], MetaTensor)
+                assert torch.equal(sample[key], expected[key].as_tensor())
+    batch = next(iter(parser.get_parsed_content("train#dataloader")))
+    assert type(batch["image"]) is torch.Tensor and batch["image"].shape[0] == 2 * parser["slices_per_volume"]
