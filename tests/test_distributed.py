@@ -30,6 +30,8 @@ def ddp_run(demo_dir, tmp_path_factory) -> Path:
         json.dumps(
             {
                 "input_recorder": {"_target_": "rank_recorder.InputRecorder", "folder": "@output_dir"},
+                # the recorder reads each slice's file from its metadata, which training batches drop by default
+                "train#untrack_metadata#track_meta": True,
                 "run": ["$@input_recorder.attach(@train#trainer)"] + json.loads(MULTI_GPU_TRAIN.read_text())["run"],
             }
         )
