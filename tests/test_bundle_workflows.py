@@ -372,4 +372,5 @@ def test_training_batches_drop_metadata_and_keep_the_same_augmentations(demo_dir
                 assert type(sample[key]) is torch.Tensor and isinstance(expected[key], MetaTensor)
                 assert torch.equal(sample[key], expected[key].as_tensor())
     batch = next(iter(parser.get_parsed_content("train#dataloader")))
-    assert type(batch["image"]) is torch.Tensor and batch["image"].shape[0] == parser["volumes_per_batch"] * parser["slices_per_volume"]
+    slices_per_batch = parser["volumes_per_batch"] * parser["slices_per_volume"]
+    assert type(batch["image"]) is torch.Tensor and batch["image"].shape[0] == slices_per_batch
