@@ -9,6 +9,8 @@ Usage::
 
     python scripts/threshold_sweep.py --dataset_dir runs/lgg/data --ckpt_dir runs/models_050 --eval_subset validation \
         --thresholds "[0.5,0.4,0.3,0.2]" --out benchmarks/lgg/thresholds/validation_050.csv
+
+``--mirror_axes "[1]"`` averages each slice's probabilities with those of its left-right mirror image first.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def main(
     fold: int | str = 0,
     thresholds: Sequence[float] = (0.5, 0.4, 0.3, 0.2),
     largest_component: bool = True,
+    mirror_axes: Sequence[int] = (),
 ) -> None:
     """
     Write ``out`` (one row per case, one column per threshold) and print the mean and median per threshold.
@@ -67,10 +70,19 @@ def main(
         fold: the validation fold.
         thresholds: the tumour-probability thresholds to measure.
         largest_component: keep the largest tumour component before scoring.
+        mirror_axes: test-time mirroring, as the configs' ``mirror_axes`` (``[1]``: left-right); none by default.
     """
     parser = ConfigParser()
     parser.read_config(CONFIGS)
-    parser.update({"dataset_dir": dataset_dir, "ckpt_dir": ckpt_dir, "eval_subset": eval_subset, "fold": fold})
+    parser.update(
+        {
+            "dataset_dir": dataset_dir,
+            "ckpt_dir": ckpt_dir,
+            "eval_subset": eval_subset,
+            "fold": fold,
+            "mirror_axes": list(mirror_axes),
+        }
+    )
     network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
     dataset = parser.get_parsed_content("validate#dataset")
     weights = require_checkpoint(Path(ckpt_dir) / "model.pt")
