@@ -225,17 +225,25 @@ def test_an_ensemble_without_two_existing_checkpoints_fails_clearly(trained, dem
     assert not (tmp_path / "eval").exists()
 
 
-def test_threshold_sweep_at_one_half_matches_the_evaluation(trained, evaluation, demo_dir, tmp_path):
+@pytest.mark.parametrize("mirror_axes", ["[]", "[0,1]"])
+def test_threshold_sweep_at_one_half_matches_the_evaluation(trained, evaluation, demo_dir, tmp_path, mirror_axes):
     out = tmp_path / "sweep.csv"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "threshold_sweep.py"), "--dataset_dir", str(demo_dir),
          "--ckpt_dir", str(trained / "models"), "--eval_subset", "test", "--thresholds", "[0.5,0.0]",
-         "--out", str(out)],
+         "--mirror_axes", mirror_axes, "--out", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     with open(out) as f:
         rows = {row["case"]: row for row in csv.DictReader(f)}
+    if mirror_axes != "[]":
+        evaluation = tmp_path / "eval_mirrored"
+        run_bundle(
+            "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(demo_dir), "--ckpt_dir",
+            str(trained / "models"), "--output_dir", str(evaluation), "--num_workers", "0",
+            "--mirror_axes", mirror_axes,
+        )  # fmt: skip
     # the argmax of two softmax channels is a tumour probability of at least one half
     assert {case: float(row["dice_at_0.5"]) for case, row in rows.items()} == pytest.approx(
         per_patient_dice(evaluation), abs=1e-5
