@@ -79,58 +79,79 @@ def pool_sweeps(paths: Sequence[str]) -> dict[float, dict[str, float]]:
     return pooled
 
 
-def choose(
-    plain: dict[float, dict[str, float]],
-    mirrored: dict[float, dict[str, float]],
-    default: Candidate = Candidate(0.5, False),
-    min_gain: float = 0.005,
-) -> tuple[Candidate, dict[Candidate, float]]:
+def candidate_dice(
+    plain: dict[float, dict[str, float]], mirrored: dict[float, dict[str, float]]
+) -> dict[Candidate, dict[str, float]]:
     """
-    The adopted candidate (the default unless another beats it by ``min_gain``) and every candidate's mean Dice.
+    Every candidate's per-case Dice, the cheapest candidate first (no mirroring before mirroring, then the higher
+    threshold).
 
     Args:
         plain: per-case Dice without mirroring, by threshold then case.
         mirrored: the same with mirroring; it must hold the same cases.
+    """
+    if set(next(iter(mirrored.values()))) != set(next(iter(plain.values()))):
+        raise ValueError("the sweeps with and without mirroring must hold the same cases.")
+    return {
+        Candidate(threshold, mirror): sweep[threshold]
+        for mirror, sweep in ((False, plain), (True, mirrored))
+        for threshold in sorted(sweep, reverse=True)
+    }
+
+
+def choose(dice: dict[Candidate, dict[str, float]], default: Candidate, min_gain: float = 0.005) -> Candidate:
+    """
+    The adopted candidate: the one with the highest mean Dice (the cheapest of equals) if it beats ``default`` by at
+    least ``min_gain``, otherwise ``default``.
+
+    Args:
+        dice: every candidate's per-case Dice, cheapest first, as :func:`candidate_dice` gives it.
         default: the candidate in use.
         min_gain: the smallest gain in mean Dice over the default that adopts another candidate.
     """
-    cases = set(next(iter(plain.values())))
-    if set(next(iter(mirrored.values()))) != cases:
-        raise ValueError("the sweeps with and without mirroring must hold the same cases.")
-    means = {}
-    # cheapest first, so that a tie keeps the cheaper candidate
-    for mirror, sweep in ((False, plain), (True, mirrored)):
-        for threshold in sorted(sweep, reverse=True):
-            means[Candidate(threshold, mirror)] = statistics.fmean(sweep[threshold][case] for case in cases)
-    if default not in means:
+    if default not in dice:
         raise ValueError(f"the default {default} was not measured.")
+    means = {candidate: statistics.fmean(per_case.values()) for candidate, per_case in dice.items()}
     best = max(means, key=means.get)  # the first of equal means, so the cheapest
-    adopted = best if means[best] - means[default] >= min_gain else default
-    return adopted, means
+    return best if means[best] - means[default] >= min_gain else default
 
 
 def main(
-    plain: Sequence[str], mirrored: Sequence[str], min_gain: float = 0.005, default_threshold: float = 0.5
+    plain: Sequence[str],
+    mirrored: Sequence[str],
+    min_gain: float = 0.005,
+    default_threshold: float = 0.5,
+    apply_rule: bool = True,
 ) -> None:
     """
-    Print every candidate's mean Dice over the pooled cases, its gain over the default, and the adopted candidate.
+    Print every candidate's mean and median Dice over the pooled cases, its mean gain over the default with the cases it
+    makes better and worse, and the adopted candidate.
 
     Args:
         plain: the sweeps without mirroring, one per validation fold (comma-separated or a list).
         mirrored: the sweeps with mirroring, of the same folds.
         min_gain: the smallest gain over the default that adopts another candidate.
         default_threshold: the default's threshold (without mirroring).
+        apply_rule: mark the adopted candidate; ``False`` only measures, for patients nothing may be chosen on (test).
     """
-    plain_dice = pool_sweeps(plain.split(",") if isinstance(plain, str) else plain)
-    mirrored_dice = pool_sweeps(mirrored.split(",") if isinstance(mirrored, str) else mirrored)
+    dice = candidate_dice(
+        pool_sweeps(plain.split(",") if isinstance(plain, str) else plain),
+        pool_sweeps(mirrored.split(",") if isinstance(mirrored, str) else mirrored),
+    )
     default = Candidate(default_threshold, False)
-    adopted, means = choose(plain_dice, mirrored_dice, default, min_gain)
-    cases = len(next(iter(plain_dice.values())))
-    print(f"{cases} cases; default: threshold {default.threshold}, no mirroring; adopted if it gains >= {min_gain}")
-    for candidate, mean in means.items():
-        mark = "  <- adopted" if candidate == adopted else ""
+    adopted = choose(dice, default, min_gain) if apply_rule else None
+    baseline = dice[default]
+    rule = f"adopted if it gains >= {min_gain}" if apply_rule else "measured only, nothing chosen"
+    print(f"{len(baseline)} cases; default: threshold {default.threshold}, no mirroring; {rule}")
+    for candidate, per_case in dice.items():
+        gains = [per_case[case] - baseline[case] for case in baseline]
         mirroring = "mirroring" if candidate.mirrored else "no mirroring"
-        print(f"threshold {candidate.threshold}, {mirroring}: {mean:.4f} ({mean - means[default]:+.4f}){mark}")
+        mark = "  <- adopted" if candidate == adopted else ""
+        print(
+            f"threshold {candidate.threshold}, {mirroring}: {statistics.fmean(per_case.values()):.4f}"
+            f" ({statistics.fmean(gains):+.4f}), median {statistics.median(per_case.values()):.4f},"
+            f" better on {sum(gain > 0 for gain in gains)}, worse on {sum(gain < 0 for gain in gains)}{mark}"
+        )
 
 
 if __name__ == "__main__":

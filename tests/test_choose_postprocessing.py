@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,14 @@ def test_the_recorded_fold_0_check_adopts_nothing():
     assert "10 cases" in result.stdout
     assert adopted_line(result).startswith("threshold 0.5, no mirroring: 0.8691")
     assert "threshold 0.4, mirroring: 0.8722 (+0.0031)" in result.stdout
+
+
+def test_the_test_patients_are_measured_without_choosing_and_match_the_shipped_figure():
+    result = choose(
+        [str(FOLD0 / "test_shipped_mirror.csv")], [str(FOLD0 / "test_shipped_mirror1.csv")], "--apply_rule", "False"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "measured only, nothing chosen" in result.stdout and "<- adopted" not in result.stdout
+    # the sweep's default reproduces the shipped weights' test Dice in metadata.json
+    mean_dice = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())["eval_metrics"]["mean_dice"]
+    assert f"threshold 0.5, no mirroring: {mean_dice:.4f} (+0.0000)" in result.stdout
