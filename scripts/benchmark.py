@@ -9,6 +9,7 @@ Usage::
     python scripts/benchmark.py                      # all cases, markdown table on stdout
     python scripts/benchmark.py --cases 2d_b4 --repeats 5 --json_out runs/benchmark.json
     python scripts/benchmark.py --cases 2d_b4 --models xunet_fast --cpu_path False --metatensor True   # input types
+    python scripts/benchmark.py --cases 2d_b4 --models xunet_fast --cpu_path False --compiled True     # torch.compile
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def measure(
     threads: int = 0,
     mallopt: bool = False,
     metatensor: bool = False,
+    compiled: bool = False,
 ) -> None:
     """
     One measurement in this process; prints a JSON line. Called by :func:`main` in a fresh process.
@@ -91,6 +93,7 @@ def measure(
         threads: torch intra-op threads (0: PyTorch's default).
         mallopt: tune glibc malloc at run time (:func:`xunet_bundle.runtime.tune_glibc_malloc`), as the bundle does.
         metatensor: feed MONAI ``MetaTensor`` images and labels, as MONAI pipelines give unless the metadata is dropped.
+        compiled: run the network through ``torch.compile`` (the warm-up compiles it; its time is reported apart).
     """
     if mallopt:
         tune_glibc_malloc()
@@ -99,11 +102,14 @@ def measure(
     spec = CASES[case]
     torch.manual_seed(0)
     net = build(model, spec["spatial_dims"], spec["in_channels"]).to(device)
+    parameters = sum(p.numel() for p in net.parameters())
     x = torch.randn(spec["batch"], spec["in_channels"], *spec["size"], device=device)
     y = torch.randint(0, 2, (spec["batch"], *spec["size"]), device=device)
     if metatensor:
         x, y = MetaTensor(x), MetaTensor(y)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    if compiled:
+        net = torch.compile(net)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
 
     def run() -> None:
@@ -124,7 +130,9 @@ def measure(
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated() / 2**20
+    start = time.perf_counter()
     run()
+    warmup = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -136,8 +144,9 @@ def measure(
             {
                 "seconds": statistics.median(times),
                 "peak_mb": peak - baseline,
+                "warmup_seconds": warmup,
                 "threads": torch.get_num_threads(),
-                "parameters": sum(p.numel() for p in net.parameters()),
+                "parameters": parameters,
             }
         )
     )
@@ -154,9 +163,11 @@ def _run_one(
     env: dict | None = None,
     mallopt: bool = False,
     metatensor: bool = False,
+    compiled: bool = False,
 ) -> dict:
     command = [sys.executable, __file__, "measure", model, case, mode, f"--repeats={repeats}", f"--device={device}"]
     command += [f"--bf16={bf16}", f"--threads={threads}", f"--mallopt={mallopt}", f"--metatensor={metatensor}"]
+    command += [f"--compiled={compiled}"]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -169,6 +180,7 @@ def main(
     threads: int = 0,
     cpu_path: bool = True,
     metatensor: bool = False,
+    compiled: bool = False,
     json_out: str | None = None,
 ) -> None:
     """
@@ -181,6 +193,8 @@ def main(
         cpu_path: also measure glibc malloc tuning and bf16 autocast for the 2D batch-4 case on CPU.
         metatensor: also measure each case's train step with ``MetaTensor`` inputs against plain tensors (the
             bundle's train pipeline drops the metadata before batching).
+        compiled: also measure each case's train step with the network compiled by ``torch.compile`` (the bundle's
+            ``--compile True``), in bf16 autocast on a CPU with native bf16 (the bundle's ``--amp True``), else fp32.
         json_out: also write all measurements to this JSON file.
     """
     cases = cases.split(",") if isinstance(cases, str) else list(cases)
@@ -249,6 +263,29 @@ def main(
                 for name, r in (("tensor", plain), ("MetaTensor", meta)):
                     rows.append({"case": case, "mode": "train", "model": model, "input": name, **r})
                     print(f"| {case} | {model} | {name} | {r['seconds']:.3f} | {r['seconds'] / plain['seconds']:.2f} |")
+    if compiled:
+        bf16 = device == "cuda" or cpu_supports_bf16()
+        print(f"\n# train step, eager and compiled by torch.compile ({'bf16 autocast' if bf16 else 'fp32'})")
+        print("| case | model | network | seconds | ratio to BasicUNet, same network | speed-up | warm-up seconds |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for case in cases:
+            results = {
+                (model, wrapped): _run_one(
+                    model, case, "train", repeats, device, bf16, threads, mallopt=tuned, compiled=wrapped
+                )
+                for model in models
+                for wrapped in (False, True)
+            }
+            for (model, wrapped), r in results.items():
+                name = "compiled" if wrapped else "eager"
+                ratio = r["seconds"] / results["basicunet", wrapped]["seconds"]
+                speedup = results[model, False]["seconds"] / r["seconds"]
+                rows.append({"case": case, "mode": "train", "model": model, "network": name, "bf16": bf16, **r})
+                print(
+                    f"| {case} | {model} | {name} | {r['seconds']:.3f} | {ratio:.2f} | {speedup:.2f} | "
+                    f"{r['warmup_seconds']:.0f} |",
+                    flush=True,
+                )
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(rows, indent=4) + "\n")

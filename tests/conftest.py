@@ -31,13 +31,15 @@ def require_shared(path: Path) -> Path:
     pytest.skip(reason)
 
 
-def run_bundle(*args: str, nproc: int = 1, expect_success: bool = True) -> subprocess.CompletedProcess:
+def run_bundle(
+    *args: str, nproc: int = 1, expect_success: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """
     Run ``python -m monai.bundle ARGS`` from the bundle root, in ``nproc`` processes through ``torchrun`` when
     ``nproc > 1``; by default fail the test with the command's output when it fails. Modules in ``tests/`` can be
-    imported by the configs.
+    imported by the configs. ``env`` adds environment variables.
     """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
     command = [sys.executable, "-m", "monai.bundle", *args]
     if nproc > 1:
         env["OMP_NUM_THREADS"] = "1"  # the processes share the machine's cores

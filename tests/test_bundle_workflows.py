@@ -109,6 +109,21 @@ def test_amp_trains_in_bf16_on_a_cpu_with_native_bf16(demo_dir, tmp_path):
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+def test_compiled_training_saves_the_plain_network_and_resumes(demo_dir, tmp_path):
+    # inductor writes the kernels it compiles here: an option that was ignored would leave the folder empty
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    args = ["--dataset_dir", str(demo_dir), "--output_dir", str(tmp_path), "--ckpt_dir", str(tmp_path / "models")]
+    args += ["--num_workers", "0", "--progress", "False", "--val_interval", "2", "--compile", "True"]
+    run_bundle("run", "training", "--config_file", TRAIN, *args, "--epochs", "1", env=env)
+    assert any(path.is_file() for path in (tmp_path / "inductor").rglob("*"))
+    result = run_bundle("run", "training", "--config_file", TRAIN, *args, "--epochs", "2", "--resume", "True", env=env)
+    assert "Restored all variables from" in result.stdout + result.stderr
+    plain_keys = set(CrossBasicUNet().state_dict())
+    resume_state = torch.load(tmp_path / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert set(resume_state["model"]) == plain_keys  # no ``_orig_mod.`` prefixes from the compiled wrapper
+    CrossBasicUNet().load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True), strict=True)
+
+
 @pytest.fixture(scope="module")
 def evaluation(trained, demo_dir) -> Path:
     """The evaluation of the trained run on the demo test patients; returns its output folder."""
