@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -266,26 +267,33 @@ def main(
     if compiled:
         bf16 = device == "cuda" or cpu_supports_bf16()
         print(f"\n# train step, eager and compiled by torch.compile ({'bf16 autocast' if bf16 else 'fp32'})")
-        print("| case | model | network | seconds | ratio to BasicUNet, same network | speed-up | warm-up seconds |")
+        print("| case | model | network | seconds | ratio to BasicUNet eager | speed-up over eager | warm-up seconds |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for case in cases:
-            results = {
-                (model, wrapped): _run_one(
-                    model, case, "train", repeats, device, bf16, threads, mallopt=tuned, compiled=wrapped
-                )
-                for model in models
-                for wrapped in (False, True)
-            }
-            for (model, wrapped), r in results.items():
-                name = "compiled" if wrapped else "eager"
-                ratio = r["seconds"] / results["basicunet", wrapped]["seconds"]
-                speedup = results[model, False]["seconds"] / r["seconds"]
-                rows.append({"case": case, "mode": "train", "model": model, "network": name, "bf16": bf16, **r})
-                print(
-                    f"| {case} | {model} | {name} | {r['seconds']:.3f} | {ratio:.2f} | {speedup:.2f} | "
-                    f"{r['warmup_seconds']:.0f} |",
-                    flush=True,
-                )
+            eager = {}
+            for model in models:
+                for wrapped in (False, True):
+                    name = "compiled" if wrapped else "eager"
+                    try:
+                        r = _run_one(
+                            model, case, "train", repeats, device, bf16, threads, mallopt=tuned, compiled=wrapped
+                        )
+                    except subprocess.CalledProcessError as error:  # a compiler error is a result too
+                        errors = [
+                            line for line in error.stderr.splitlines() if re.match(r"[\w.]*(Error|Exception)\b", line)
+                        ]
+                        reason = errors[-1] if errors else "no error message"
+                        rows.append({"case": case, "mode": "train", "model": model, "network": name, "error": reason})
+                        print(f"| {case} | {model} | {name} | fails: {reason} | | | |", flush=True)
+                        continue
+                    eager.setdefault(model, r)
+                    rows.append({"case": case, "mode": "train", "model": model, "network": name, "bf16": bf16, **r})
+                    print(
+                        f"| {case} | {model} | {name} | {r['seconds']:.3f} | "
+                        f"{r['seconds'] / eager['basicunet']['seconds']:.2f} | "
+                        f"{eager[model]['seconds'] / r['seconds']:.2f} | {r['warmup_seconds']:.0f} |",
+                        flush=True,
+                    )
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(rows, indent=4) + "\n")
