@@ -195,7 +195,8 @@ def main(
         metatensor: also measure each case's train step with ``MetaTensor`` inputs against plain tensors (the
             bundle's train pipeline drops the metadata before batching).
         compiled: also measure each case's train step with the network compiled by ``torch.compile`` (the bundle's
-            ``--compile True``), in bf16 autocast on a CPU with native bf16 (the bundle's ``--amp True``), else fp32.
+            ``--compile True``), in bf16 autocast on CUDA and on CPUs with native bf16 (the bundle's ``--amp True``),
+            else fp32.
         json_out: also write all measurements to this JSON file.
     """
     cases = cases.split(",") if isinstance(cases, str) else list(cases)
