@@ -84,6 +84,7 @@ def test_training_resumes_from_its_last_checkpoint(trained, demo_dir):
     assert f"Restored all variables from {trained / 'checkpoints' / 'checkpoint_epoch=2.pt'}" in log
     assert "Epoch: 1/3" not in log and "Epoch: 3/3" in log
     assert Path(latest_checkpoint(trained / "checkpoints")).name == "checkpoint_epoch=3.pt"
+    assert [p.name for p in (trained / "checkpoints").iterdir()] == ["checkpoint_epoch=3.pt"]  # epoch 2's is removed
     # the best-model tracking survives the restart: model.pt is only replaced by a better epoch
     assert best_score(trained / "checkpoints" / "checkpoint_epoch=3.pt") >= best_before > 0
 

@@ -84,5 +84,9 @@ def test_sigkill_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(uninterrup
     assert f"Epoch: 1/{EPOCHS}" not in log
 
     assert trainer_state(tmp_path / "checkpoints" / final.name) == trainer_state(final)
+    # the killed sitting's checkpoints are gone: n_saved holds across the restart
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted(
+        p.name for p in (uninterrupted / "checkpoints").iterdir()
+    )
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     CrossBasicUNet().load_state_dict(state, strict=True)

@@ -55,3 +55,38 @@ def test_latest_checkpoint_picks_the_most_advanced_training_state(tmp_path):
     assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_epoch=10.pt"
     save("checkpoint_iteration=205.pt", 205)  # inside epoch 11
     assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_iteration=205.pt"
+
+
+def test_interval_savers_keep_n_saved_across_restarts(tmp_path, monkeypatch):
+    net = torch.nn.Linear(3, 2)
+    # an earlier sitting's epoch checkpoint, an earlier run's more advanced one, and a mid-epoch one
+    leftovers = ["model_epoch=2.pt", "model_epoch=150.pt", "model_iteration=30.pt"]
+    for name in leftovers:
+        torch.save({"weight": net.weight}, tmp_path / name)
+    (tmp_path / "model_epoch=best.pt").write_bytes(b"not a checkpoint of this saver")
+
+    def run_with_savers() -> None:
+        engine = Engine(lambda engine, batch: None)
+        AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1, n_saved=1).attach(
+            engine
+        )
+        AtomicCheckpointSaver(
+            save_dir=str(tmp_path), save_dict={"model": net}, save_interval=2, epoch_level=False, n_saved=1
+        ).attach(engine)
+        engine.run([0, 0, 0], max_epochs=1)
+
+    def failed_save(obj, f, *args, **kwargs):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(torch, "save", failed_save)
+        with pytest.raises(OSError, match="disk full"):
+            run_with_savers()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*leftovers, "model_epoch=best.pt"])
+
+    run_with_savers()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model_epoch=1.pt",
+        "model_epoch=best.pt",
+        "model_iteration=2.pt",
+    ]

@@ -113,6 +113,12 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     MONAI turns Ignite's atomic mode off because older Ignite releases left such files readable by their owner only;
     Ignite 0.5 restores group and other read permission after the rename. Arguments are those of ``CheckpointSaver``.
+
+    Its interval checkpoints keep ``n_saved`` across restarts too: once a save succeeds, files of the same kind
+    (``checkpoint_epoch=N.pt`` for an epoch-level saver) that this saver does not track are removed. Ignite only knows
+    the files it saved in this process, so without this every ``--resume`` would leave the checkpoint it resumed
+    from behind, and a fresh run in an old run's folder would leave the old run's more advanced checkpoints where
+    ``--resume`` would pick them.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -120,6 +126,24 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True
+
+    def interval_completed(self, engine) -> None:
+        """
+        Args:
+            engine: the trainer.
+        """
+        super().interval_completed(engine)
+        self._remove_untracked_interval_checkpoints()
+
+    def _remove_untracked_interval_checkpoints(self) -> None:
+        checkpoint = self._interval_checkpoint
+        tracked = {filename for _, filename in checkpoint.state_dict()["_saved"]}
+        if not tracked:
+            return
+        kind = re.compile(re.escape(next(iter(tracked)).split("=")[0]) + r"=\d+\.pt")
+        for path in Path(self.save_dir).iterdir():
+            if kind.fullmatch(path.name) and path.name not in tracked:
+                checkpoint.save_handler.remove(path.name)
 
 
 class MidEpochCheckpointSaver(AtomicCheckpointSaver):
