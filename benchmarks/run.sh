@@ -7,7 +7,8 @@
 # Environment: TASK (lgg: Kaggle LGG, 2D slices, issue 4; hippocampus: Decathlon Hippocampus, 3D patches with
 # configs/hippocampus.json), EPOCHS (60), VAL_INTERVAL (12), RECORDS_DIR (benchmarks/<task>/records),
 # LARGEST_COMPONENT_EVAL (1 for lgg: also evaluate with the largest-component post-processing), MIRROR_AXES (test-time
-# mirroring in validation and evaluation; [] by default: the protocol compares the networks' own outputs), TRAIN_ARGS
+# mirroring in validation and evaluation; [] by default: the protocol compares the networks' own outputs),
+# FOREGROUND_THRESHOLD (the same for the foreground threshold; None by default, the argmax), TRAIN_ARGS
 # (extra training overrides, e.g. "--amp True", for runs outside the protocol), RUN_SUFFIX (appended to the run's
 # name, so such runs keep their own folder and record, e.g. _long_bf16); RESUME=1
 # continues an interrupted run from its last checkpoint (a run may span several sittings). An already prepared
@@ -33,6 +34,7 @@ src=${3:-$default_src}
 work=${4:-runs/$task}
 epochs=${EPOCHS:-60}
 mirror_axes=${MIRROR_AXES:-[]}
+foreground_threshold=${FOREGROUND_THRESHOLD:-None}
 val_interval=${VAL_INTERVAL:-12}
 label="${network}${RUN_SUFFIX:-}"  # the record's network: a run outside the protocol is kept apart by its suffix
 run_name="${label}_seed${seed}"
@@ -55,13 +57,14 @@ esac
 mkdir -p "$run_dir"
 train_cmd=(python -m monai.bundle run training --config_file "$configs"
     --dataset_dir "$work/data" --output_dir "$run_dir" --ckpt_dir "$run_dir/models"
-    --seed "$seed" --epochs "$epochs" --val_interval "$val_interval" --mirror_axes "$mirror_axes" --progress False
+    --seed "$seed" --epochs "$epochs" --val_interval "$val_interval" --mirror_axes "$mirror_axes"
+    --foreground_threshold "$foreground_threshold" --progress False
     ${network_args[@]+"${network_args[@]}"} ${extra_train_args[@]+"${extra_train_args[@]}"})
 [ "${RESUME:-0}" = 1 ] && train_cmd+=(--resume True)
 # the network's own output first (the architecture comparison), then with the largest-component post-processing
 eval_base=(python -m monai.bundle run evaluating --config_file "${configs%]},'configs/evaluate.json']"
     --dataset_dir "$work/data" --ckpt_dir "$run_dir/models" --mirror_axes "$mirror_axes"
-    ${network_args[@]+"${network_args[@]}"})
+    --foreground_threshold "$foreground_threshold" ${network_args[@]+"${network_args[@]}"})
 eval_cmd=("${eval_base[@]}" --output_dir "$run_dir/eval" --largest_component False)
 lcc_eval_cmd=("${eval_base[@]}" --output_dir "$run_dir/eval_largest_component" --largest_component True)
 start=$(date +%s)

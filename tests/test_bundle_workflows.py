@@ -242,11 +242,11 @@ def test_an_ensemble_without_two_existing_checkpoints_fails_clearly(trained, dem
 
 
 @pytest.mark.parametrize("mirror_axes", ["[]", "[0,1]"])
-def test_threshold_sweep_at_one_half_matches_the_evaluation(trained, evaluation, demo_dir, tmp_path, mirror_axes):
+def test_threshold_sweep_matches_the_evaluation_at_its_thresholds(trained, evaluation, demo_dir, tmp_path, mirror_axes):
     out = tmp_path / "sweep.csv"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "threshold_sweep.py"), "--dataset_dir", str(demo_dir),
-         "--ckpt_dir", str(trained / "models"), "--eval_subset", "test", "--thresholds", "[0.5,0.0]",
+         "--ckpt_dir", str(trained / "models"), "--eval_subset", "test", "--thresholds", "[0.5,0.3,0.0]",
          "--mirror_axes", mirror_axes, "--out", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True,
     )  # fmt: skip
@@ -264,6 +264,14 @@ def test_threshold_sweep_at_one_half_matches_the_evaluation(trained, evaluation,
     assert {case: float(row["dice_at_0.5"]) for case, row in rows.items()} == pytest.approx(
         per_patient_dice(evaluation), abs=1e-5
     )
+    run_bundle(
+        "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(demo_dir), "--ckpt_dir",
+        str(trained / "models"), "--output_dir", str(tmp_path / "eval_at_0.3"), "--num_workers", "0",
+        "--mirror_axes", mirror_axes, "--foreground_threshold", "0.3",
+    )  # fmt: skip
+    at_threshold = {case: float(row["dice_at_0.3"]) for case, row in rows.items()}
+    assert at_threshold == pytest.approx(per_patient_dice(tmp_path / "eval_at_0.3"), abs=1e-5)
+    assert at_threshold != pytest.approx(per_patient_dice(evaluation), abs=1e-5)  # the threshold changed something
     # at threshold 0 every voxel is tumour: Dice = 2 |label| / (|label| + |volume|)
     for case, row in rows.items():
         label = np.asarray(nib.load(demo_dir / "labelsTr" / case).dataobj) > 0
@@ -286,13 +294,17 @@ def test_inference_writes_one_segmentation_per_volume_with_its_geometry(trained,
         assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
 
 
-def test_inference_saves_the_class_probabilities_its_segmentation_is_the_argmax_of(trained, demo_dir):
-    out = trained / "pred_probabilities"
+@pytest.mark.parametrize("threshold", [None, 0.3])
+def test_inference_saves_the_class_probabilities_its_segmentation_is_decided_from(trained, demo_dir, threshold):
+    """Without a threshold the segmentation is the argmax of the saved probabilities; with one, the voxels whose
+    tumour probability reaches it."""
+    out = trained / f"pred_probabilities_{threshold}"
     run_bundle(
         "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(demo_dir / "imagesTr"),
         "--ckpt_dir", str(trained / "models"), "--output_dir", str(out), "--save_probabilities", "True",
-        "--largest_component", "False",
+        "--largest_component", "False", *(["--foreground_threshold", str(threshold)] if threshold else []),
     )  # fmt: skip
+    cutoff = 0.5 if threshold is None else threshold
     for path in sorted((demo_dir / "imagesTr").glob("*.nii.gz")):
         image = nib.load(path)
         probabilities = nib.load(out / path.name.replace(".nii.gz", "_prob.nii.gz"))
@@ -302,8 +314,10 @@ def test_inference_saves_the_class_probabilities_its_segmentation_is_the_argmax_
         probabilities = np.asarray(probabilities.dataobj)
         assert probabilities.dtype == np.float32 and probabilities.min() >= 0.0
         np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
-        decided = np.abs(probabilities[..., 1] - 0.5) > 1e-4  # leave out exact ties
-        np.testing.assert_array_equal(seg[decided], probabilities.argmax(axis=-1)[decided])
+        decided = np.abs(probabilities[..., 1] - cutoff) > 1e-4  # leave out ties, which rounding can tip
+        np.testing.assert_array_equal(seg[decided], (probabilities[..., 1] >= cutoff)[decided])
+        if threshold is not None:  # the threshold made a difference here
+            assert ((probabilities[..., 1] >= threshold) & (probabilities[..., 1] < 0.5))[decided].any()
 
 
 def test_inference_on_one_file_per_channel_segments_as_on_the_stacked_volume(trained, demo_dir, tmp_path):

@@ -62,8 +62,14 @@ def test_record_holds_commands_curves_and_per_patient_metrics(records, demo_dir)
     assert record["test_dice_per_label"] == {}  # a single foreground label
     assert "--largest_component False" in record["eval_command"]
     assert "--largest_component True" in record["largest_component_eval_command"]
-    # the protocol freezes test-time mirroring off, as for the recorded runs, whatever the configs' default
-    assert "--mirror_axes []" in command and "--mirror_axes []" in record["largest_component_eval_command"]
+    # the protocol freezes test-time mirroring and the foreground threshold off, as for the recorded runs, whatever
+    # the configs' defaults
+    for pinned in ("--mirror_axes []", "--foreground_threshold None"):
+        assert (
+            pinned in command
+            and pinned in record["eval_command"]
+            and pinned in record["largest_component_eval_command"]
+        )
     assert set(record["test_dice_largest_component"]) == set(record["test_dice"])
     variant = json.loads((records / "xunet_projected_seed3.json").read_text())
     assert "--network_def#fusion projected" in variant["train_commands"][0]
