@@ -242,7 +242,7 @@ def test_an_ensemble_without_two_existing_checkpoints_fails_clearly(trained, dem
 
 
 @pytest.mark.parametrize("mirror_axes", ["[]", "[0,1]"])
-def test_threshold_sweep_matches_the_evaluation_at_its_thresholds(trained, evaluation, demo_dir, tmp_path, mirror_axes):
+def test_threshold_sweep_matches_the_evaluation_at_its_thresholds(trained, demo_dir, tmp_path, mirror_axes):
     out = tmp_path / "sweep.csv"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "threshold_sweep.py"), "--dataset_dir", str(demo_dir),
@@ -253,25 +253,19 @@ def test_threshold_sweep_matches_the_evaluation_at_its_thresholds(trained, evalu
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     with open(out) as f:
         rows = {row["case"]: row for row in csv.DictReader(f)}
-    if mirror_axes != "[]":
-        evaluation = tmp_path / "eval_mirrored"
+    evaluated = {}
+    for threshold in ("None", "0.3"):
         run_bundle(
             "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(demo_dir), "--ckpt_dir",
-            str(trained / "models"), "--output_dir", str(evaluation), "--num_workers", "0",
-            "--mirror_axes", mirror_axes,
+            str(trained / "models"), "--output_dir", str(tmp_path / f"eval_{threshold}"), "--num_workers", "0",
+            "--mirror_axes", mirror_axes, "--foreground_threshold", threshold,
         )  # fmt: skip
+        evaluated[threshold] = per_patient_dice(tmp_path / f"eval_{threshold}")
     # the argmax of two softmax channels is a tumour probability of at least one half
-    assert {case: float(row["dice_at_0.5"]) for case, row in rows.items()} == pytest.approx(
-        per_patient_dice(evaluation), abs=1e-5
-    )
-    run_bundle(
-        "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(demo_dir), "--ckpt_dir",
-        str(trained / "models"), "--output_dir", str(tmp_path / "eval_at_0.3"), "--num_workers", "0",
-        "--mirror_axes", mirror_axes, "--foreground_threshold", "0.3",
-    )  # fmt: skip
+    assert {case: float(row["dice_at_0.5"]) for case, row in rows.items()} == pytest.approx(evaluated["None"], abs=1e-5)
     at_threshold = {case: float(row["dice_at_0.3"]) for case, row in rows.items()}
-    assert at_threshold == pytest.approx(per_patient_dice(tmp_path / "eval_at_0.3"), abs=1e-5)
-    assert at_threshold != pytest.approx(per_patient_dice(evaluation), abs=1e-5)  # the threshold changed something
+    assert at_threshold == pytest.approx(evaluated["0.3"], abs=1e-5)
+    assert at_threshold != pytest.approx(evaluated["None"], abs=1e-5)  # the threshold changed something
     # at threshold 0 every voxel is tumour: Dice = 2 |label| / (|label| + |volume|)
     for case, row in rows.items():
         label = np.asarray(nib.load(demo_dir / "labelsTr" / case).dataobj) > 0
@@ -302,7 +296,7 @@ def test_inference_saves_the_class_probabilities_its_segmentation_is_decided_fro
     run_bundle(
         "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(demo_dir / "imagesTr"),
         "--ckpt_dir", str(trained / "models"), "--output_dir", str(out), "--save_probabilities", "True",
-        "--largest_component", "False", *(["--foreground_threshold", str(threshold)] if threshold else []),
+        "--largest_component", "False", "--mirror_axes", "[]", "--foreground_threshold", str(threshold),
     )  # fmt: skip
     cutoff = 0.5 if threshold is None else threshold
     for path in sorted((demo_dir / "imagesTr").glob("*.nii.gz")):

@@ -13,6 +13,7 @@ from conftest import REPO_ROOT
 
 SCRIPT = str(REPO_ROOT / "scripts" / "choose_postprocessing.py")
 FOLD0 = REPO_ROOT / "benchmarks" / "lgg" / "thresholds_300"
+FOLDS_1_TO_4 = REPO_ROOT / "benchmarks" / "lgg" / "cv300"
 
 
 def write_sweep(path: Path, dice: dict[str, list[float]], thresholds=(0.5, 0.4)) -> str:
@@ -94,12 +95,29 @@ def test_the_recorded_fold_0_check_adopts_nothing():
     assert "threshold 0.4, mirroring: 0.8722 (+0.0031)" in result.stdout
 
 
+def test_the_recorded_five_fold_pool_adopts_the_configs_default():
+    # benchmarks/lgg/README.md, "Five-fold cross-validation": the 50 out-of-fold patients choose threshold 0.2 with
+    # mirroring (+0.0057), which train.json and inference.json take as their default
+    plain = [str(FOLD0 / "validation_mirror.csv")]
+    mirrored = [str(FOLD0 / "validation_mirror1.csv")]
+    for fold in range(1, 5):
+        plain.append(str(FOLDS_1_TO_4 / f"validation_fold{fold}_mirror.csv"))
+        mirrored.append(str(FOLDS_1_TO_4 / f"validation_fold{fold}_mirror1.csv"))
+    result = choose(plain, mirrored)
+    assert "50 cases" in result.stdout
+    assert "threshold 0.5, no mirroring: 0.7995 (+0.0000)" in result.stdout
+    assert adopted_line(result).startswith("threshold 0.2, mirroring: 0.8052 (+0.0057)")
+    for name in ("train.json", "inference.json"):
+        config = json.loads((REPO_ROOT / "configs" / name).read_text())
+        assert (config["foreground_threshold"], config["mirror_axes"]) == (0.2, [1])
+
+
 def test_the_test_patients_are_measured_without_choosing_and_match_the_shipped_figure():
     result = choose(
         [str(FOLD0 / "test_shipped_mirror.csv")], [str(FOLD0 / "test_shipped_mirror1.csv")], "--apply_rule", "False"
     )
     assert result.returncode == 0, result.stderr
     assert "measured only, nothing chosen" in result.stdout and "<- adopted" not in result.stdout
-    # the sweep's default reproduces the shipped weights' test Dice in metadata.json
+    # the sweep's default candidate reproduces the shipped weights' test Dice in metadata.json
     mean_dice = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())["eval_metrics"]["mean_dice"]
-    assert f"threshold 0.5, no mirroring: {mean_dice:.4f} (+0.0000)" in result.stdout
+    assert f"threshold 0.2, mirroring: {mean_dice:.4f} (+0.0206)" in result.stdout
