@@ -8,7 +8,8 @@
 # configs/hippocampus.json), EPOCHS (60), VAL_INTERVAL (12), RECORDS_DIR (benchmarks/<task>/records),
 # LARGEST_COMPONENT_EVAL (1 for lgg: also evaluate with the largest-component post-processing), MIRROR_AXES (test-time
 # mirroring in validation and evaluation; [] by default: the protocol compares the networks' own outputs),
-# FOREGROUND_THRESHOLD (the same for the foreground threshold; None by default, the argmax), TRAIN_ARGS
+# FOREGROUND_THRESHOLD (the same for the foreground threshold; $None by default, the argmax: monai.bundle drops a
+# plain None override), TRAIN_ARGS
 # (extra training overrides, e.g. "--amp True", for runs outside the protocol), RUN_SUFFIX (appended to the run's
 # name, so such runs keep their own folder and record, e.g. _long_bf16); RESUME=1
 # continues an interrupted run from its last checkpoint (a run may span several sittings). An already prepared
@@ -34,7 +35,7 @@ src=${3:-$default_src}
 work=${4:-runs/$task}
 epochs=${EPOCHS:-60}
 mirror_axes=${MIRROR_AXES:-[]}
-foreground_threshold=${FOREGROUND_THRESHOLD:-None}
+foreground_threshold=${FOREGROUND_THRESHOLD:-\$None}
 val_interval=${VAL_INTERVAL:-12}
 label="${network}${RUN_SUFFIX:-}"  # the record's network: a run outside the protocol is kept apart by its suffix
 run_name="${label}_seed${seed}"

@@ -254,7 +254,7 @@ def test_threshold_sweep_matches_the_evaluation_at_its_thresholds(trained, demo_
     with open(out) as f:
         rows = {row["case"]: row for row in csv.DictReader(f)}
     evaluated = {}
-    for threshold in ("None", "0.3"):
+    for threshold in ("$None", "0.3"):  # monai.bundle drops a plain None override: "$None" sets the argmax
         run_bundle(
             "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(demo_dir), "--ckpt_dir",
             str(trained / "models"), "--output_dir", str(tmp_path / f"eval_{threshold}"), "--num_workers", "0",
@@ -262,10 +262,12 @@ def test_threshold_sweep_matches_the_evaluation_at_its_thresholds(trained, demo_
         )  # fmt: skip
         evaluated[threshold] = per_patient_dice(tmp_path / f"eval_{threshold}")
     # the argmax of two softmax channels is a tumour probability of at least one half
-    assert {case: float(row["dice_at_0.5"]) for case, row in rows.items()} == pytest.approx(evaluated["None"], abs=1e-5)
+    assert {case: float(row["dice_at_0.5"]) for case, row in rows.items()} == pytest.approx(
+        evaluated["$None"], abs=1e-5
+    )
     at_threshold = {case: float(row["dice_at_0.3"]) for case, row in rows.items()}
     assert at_threshold == pytest.approx(evaluated["0.3"], abs=1e-5)
-    assert at_threshold != pytest.approx(evaluated["None"], abs=1e-5)  # the threshold changed something
+    assert at_threshold != pytest.approx(evaluated["$None"], abs=1e-5)  # the threshold changed something
     # at threshold 0 every voxel is tumour: Dice = 2 |label| / (|label| + |volume|)
     for case, row in rows.items():
         label = np.asarray(nib.load(demo_dir / "labelsTr" / case).dataobj) > 0
@@ -288,17 +290,17 @@ def test_inference_writes_one_segmentation_per_volume_with_its_geometry(trained,
         assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
 
 
-@pytest.mark.parametrize("threshold", [None, 0.3])
+@pytest.mark.parametrize("threshold", ["$None", "0.3"])
 def test_inference_saves_the_class_probabilities_its_segmentation_is_decided_from(trained, demo_dir, threshold):
     """Without a threshold the segmentation is the argmax of the saved probabilities; with one, the voxels whose
     tumour probability reaches it."""
-    out = trained / f"pred_probabilities_{threshold}"
+    out = trained / f"pred_probabilities_{threshold.strip('$')}"
     run_bundle(
         "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(demo_dir / "imagesTr"),
         "--ckpt_dir", str(trained / "models"), "--output_dir", str(out), "--save_probabilities", "True",
-        "--largest_component", "False", "--mirror_axes", "[]", "--foreground_threshold", str(threshold),
+        "--largest_component", "False", "--mirror_axes", "[]", "--foreground_threshold", threshold,
     )  # fmt: skip
-    cutoff = 0.5 if threshold is None else threshold
+    cutoff = 0.5 if threshold == "$None" else float(threshold)  # "$None": the argmax
     for path in sorted((demo_dir / "imagesTr").glob("*.nii.gz")):
         image = nib.load(path)
         probabilities = nib.load(out / path.name.replace(".nii.gz", "_prob.nii.gz"))
@@ -310,8 +312,8 @@ def test_inference_saves_the_class_probabilities_its_segmentation_is_decided_fro
         np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
         decided = np.abs(probabilities[..., 1] - cutoff) > 1e-4  # leave out ties, which rounding can tip
         np.testing.assert_array_equal(seg[decided], (probabilities[..., 1] >= cutoff)[decided])
-        if threshold is not None:  # the threshold made a difference here
-            assert ((probabilities[..., 1] >= threshold) & (probabilities[..., 1] < 0.5))[decided].any()
+        if cutoff != 0.5:  # the threshold made a difference here
+            assert ((probabilities[..., 1] >= cutoff) & (probabilities[..., 1] < 0.5))[decided].any()
 
 
 def test_inference_on_one_file_per_channel_segments_as_on_the_stacked_volume(trained, demo_dir, tmp_path):
@@ -374,8 +376,9 @@ def test_largest_component_postprocessing_removes_smaller_islands(largest, expec
     parser["largest_component"] = largest
     transforms = [t for t in parser.get_parsed_content("postprocessing").transforms if not isinstance(t, SaveImaged)]
     logits = torch.zeros(2, 16, 16, 4)
-    logits[1, 2:8, 2:8, 1:3] = 5.0  # a tumour of 72 voxels
-    logits[1, 12:14, 12:14, 2] = 5.0  # and a 4-voxel island apart from it
+    logits[0] = 5.0  # background, far from any threshold
+    logits[1, 2:8, 2:8, 1:3] = 10.0  # a tumour of 72 voxels
+    logits[1, 12:14, 12:14, 2] = 10.0  # and a 4-voxel island apart from it
     pred = Compose(transforms)({"pred": MetaTensor(logits)})["pred"]
     assert ndimage.label(pred[0].numpy() > 0)[1] == expected_components
     assert pred[0, 2:8, 2:8, 1:3].all()

@@ -80,22 +80,24 @@ def test_rejects_an_axis_the_input_does_not_have():
 
 
 @pytest.mark.parametrize(
-    "config_files, inner_type",
+    "config_files, inner_type, default_axes",
     [
-        (["train.json"], SliceInferer),
-        (["inference.json"], SliceInferer),
-        (["train.json", "hippocampus.json", "evaluate.json"], SlidingWindowInferer),
-        (["inference.json", "hippocampus.json"], SlidingWindowInferer),
+        (["train.json"], SliceInferer, (1,)),
+        (["inference.json"], SliceInferer, (1,)),
+        (["train.json", "hippocampus.json", "evaluate.json"], SlidingWindowInferer, ()),
+        (["inference.json", "hippocampus.json"], SlidingWindowInferer, ()),
     ],
 )
-def test_configs_wrap_their_inferer_without_mirroring_by_default(config_files, inner_type):
+def test_configs_wrap_their_inferer_with_their_default_mirroring(config_files, inner_type, default_axes):
+    """LGG mirrors left-right by default (chosen on its out-of-fold patients); Hippocampus, where nothing was chosen,
+    does not."""
     parser = ConfigParser()
     parser.read_config([str(REPO_ROOT / "configs" / name) for name in config_files])
     inferer = parser.get_parsed_content("inferer")
     assert isinstance(inferer, MirroringInferer) and isinstance(inferer.inferer, inner_type)
-    assert inferer.spatial_axes == ()
-    parser["mirror_axes"] = [1]
-    assert parser.get_parsed_content("inferer", lazy=False).spatial_axes == (1,)
+    assert inferer.spatial_axes == default_axes
+    parser["mirror_axes"] = []
+    assert parser.get_parsed_content("inferer", lazy=False).spatial_axes == ()
 
 
 def test_lgg_training_flips_slices_along_the_volume_axis_mirror_axes_names():

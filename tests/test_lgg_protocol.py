@@ -67,7 +67,7 @@ def test_record_holds_commands_curves_and_per_patient_metrics(records, demo_dir)
     assert "--largest_component True" in record["largest_component_eval_command"]
     # the protocol freezes test-time mirroring and the foreground threshold off, as for the recorded runs, whatever
     # the configs' defaults
-    for pinned in ("--mirror_axes []", "--foreground_threshold None"):
+    for pinned in ("--mirror_axes []", "--foreground_threshold $None"):
         assert (
             pinned in command
             and pinned in record["eval_command"]
