@@ -89,7 +89,7 @@ earlier_seconds=0
 # GIT_COMMIT names the commit where the working tree is a copy without git (a run on another machine)
 commit=${GIT_COMMIT:-$(git rev-parse HEAD)$(git diff --quiet HEAD || echo -dirty)}
 echo "$(date -u +%FT%TZ) ${train_cmd[*]}" >> "$run_dir/commands.log"
-python scripts/describe_machine.py >> "$run_dir/machines.log"
+python benchmarks/tools/describe_machine.py >> "$run_dir/machines.log"
 "${train_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
 "${eval_cmd[@]}" 2>&1 | tee -a "$work/$run_name.log"
 record_args=()
@@ -98,6 +98,6 @@ if [ "$lcc_eval" = 1 ]; then
     record_args=(--largest_component_eval_command "${lcc_eval_cmd[*]}")
 fi
 seconds=$((earlier_seconds + $(date +%s) - start))
-python scripts/record_run.py --run_dir "$run_dir" --network "$label" --seed "$seed" --git_commit "$commit" \
+python benchmarks/tools/record_run.py --run_dir "$run_dir" --network "$label" --seed "$seed" --git_commit "$commit" \
     --seconds "$seconds" --eval_command "${eval_cmd[*]}" ${record_args[@]+"${record_args[@]}"} \
     --out "$records/$run_name.json"

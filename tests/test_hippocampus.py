@@ -140,7 +140,7 @@ def test_protocol_run_records_per_label_dice(task, tmp_path):
     for case, dice in record["test_dice"].items():
         assert dice == pytest.approx((per_label["1"][case] + per_label["2"][case]) / 2, abs=1e-6)
     result = subprocess.run(
-        [sys.executable, "scripts/compare.py", "--records", str(tmp_path), "--out_dir", str(tmp_path / "out")],
+        [sys.executable, "benchmarks/tools/compare.py", "--records", str(tmp_path), "--out_dir", str(tmp_path / "out")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,7 +8,7 @@ cost, the intercept the network's.
 
 Usage::
 
-    python scripts/inference_memory.py --depths "[50,200]" --json_out benchmarks/large_volume/cpu_2cores.json
+    python benchmarks/tools/inference_memory.py --depths "[50,200]" --json_out benchmarks/large_volume/cpu_2cores.json
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import fire
 import nibabel as nib
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from xunet_bundle import CrossBasicUNet  # noqa: E402
@@ -93,7 +93,7 @@ def main(
     lines = [
         f"# bundle inference, XUNet, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"sw_batch_size {sw_batch_size}",
-        f'# command: python scripts/inference_memory.py --depths "{list(depths)}" --size {size} '
+        f'# command: python benchmarks/tools/inference_memory.py --depths "{list(depths)}" --size {size} '
         f"--sw_batch_size {sw_batch_size}",
         "| volume | image as float32 (MiB) | peak resident memory (MiB) | seconds |",
         "| --- | --- | --- | --- |",

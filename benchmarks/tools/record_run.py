@@ -4,7 +4,7 @@ metrics and the training curve read back from the run's TensorBoard events.
 
 Usage::
 
-    python scripts/record_run.py --run_dir runs/lgg/xunet_seed0 --network xunet --seed 0 --seconds 5400 \
+    python benchmarks/tools/record_run.py --run_dir runs/lgg/xunet_seed0 --network xunet --seed 0 --seconds 5400 \
         --eval_command "..." --out benchmarks/lgg/records/xunet_seed0.json
 """
 
@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from describe_machine import describe_machine  # noqa: E402
 
 from xunet_bundle.data import atomic_write_json  # noqa: E402
 from xunet_bundle.training import latest_checkpoint  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def current_commit() -> str:

@@ -6,7 +6,7 @@ spread over machines (a GPU, then a CPU) says where each sitting trained.
 
 Usage::
 
-    python scripts/describe_machine.py >> runs/lgg/xunet_seed0/machines.log
+    python benchmarks/tools/describe_machine.py >> runs/lgg/xunet_seed0/machines.log
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ Every measurement runs in a fresh process, so that peak memory (the high-water m
 
 Usage::
 
-    python scripts/benchmark.py                      # all cases, markdown table on stdout
-    python scripts/benchmark.py --cases 2d_b4 --repeats 5 --json_out runs/benchmark.json
-    python scripts/benchmark.py --cases 2d_b4 --models xunet_fast --cpu_path False --metatensor True   # input types
-    python scripts/benchmark.py --cases 2d_b4 --models xunet_fast --cpu_path False --compiled True     # torch.compile
+    python benchmarks/tools/benchmark.py                      # all cases, markdown table on stdout
+    python benchmarks/tools/benchmark.py --cases 2d_b4 --repeats 5 --json_out runs/benchmark.json
+    python benchmarks/tools/benchmark.py --cases 2d_b4 --models xunet_fast --cpu_path False --metatensor True   # input types
+    python benchmarks/tools/benchmark.py --cases 2d_b4 --models xunet_fast --cpu_path False --compiled True     # torch.compile
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import fire
 import torch
 from monai.data import MetaTensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from xunet_bundle import CrossBasicUNet  # noqa: E402
 from xunet_bundle.runtime import cpu_supports_bf16, tune_glibc_malloc  # noqa: E402
@@ -210,7 +210,7 @@ def main(
     print(
         f"# benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     )
-    print(f"# command: python scripts/benchmark.py {' '.join(sys.argv[1:])}")
+    print(f"# command: python benchmarks/tools/benchmark.py {' '.join(sys.argv[1:])}")
     print(f"# device {device}, malloc {'tuned (mallopt)' if tuned else 'default'}, fp32, median of {repeats}")
     print("| case | mode | model | parameters | seconds | ratio | peak MiB | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

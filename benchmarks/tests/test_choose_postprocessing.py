@@ -1,4 +1,4 @@
-"""scripts/choose_postprocessing.py: the rule that adopts a threshold and mirroring from validation folds."""
+"""benchmarks/tools/choose_postprocessing.py: the rule that adopts a threshold and mirroring from validation folds."""
 
 from __future__ import annotations
 

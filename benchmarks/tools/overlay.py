@@ -3,7 +3,7 @@ Draw a few slices of a patient with the true and the predicted tumour outlines (
 
 Usage::
 
-    python scripts/overlay.py --image data/lgg/imagesTr/P.nii.gz --truth data/lgg/labelsTr/P.nii.gz \
+    python benchmarks/tools/overlay.py --image data/lgg/imagesTr/P.nii.gz --truth data/lgg/labelsTr/P.nii.gz \
         --prediction eval/P_seg.nii.gz --out docs/overlay.png
 """
 

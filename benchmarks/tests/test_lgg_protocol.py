@@ -184,7 +184,7 @@ def test_shipped_weights_are_traced_to_their_run_record(shipped_weights):
 
 def test_compare_tabulates_both_networks_with_paired_difference(records, tmp_path):
     result = subprocess.run(
-        [sys.executable, "scripts/compare.py", "--records", str(records), "--out_dir", str(tmp_path)],
+        [sys.executable, "benchmarks/tools/compare.py", "--records", str(records), "--out_dir", str(tmp_path)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -217,7 +217,7 @@ def test_compare_puts_dice_against_cost(records, tmp_path):
             costs.append({**row, "time_ratio": train_ratio if mode == "train" else 1.2, "memory_ratio": 1.05})
     (tmp_path / "costs.json").write_text(json.dumps(costs))
     result = subprocess.run(
-        [sys.executable, "scripts/compare.py", "--records", str(records), "--out_dir", str(tmp_path),
+        [sys.executable, "benchmarks/tools/compare.py", "--records", str(records), "--out_dir", str(tmp_path),
          "--costs", str(tmp_path / "costs.json")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -237,7 +237,7 @@ def test_compare_refuses_records_of_different_patients(records, tmp_path):
     other["test_dice"].popitem()
     (tmp_path / "basicunet_seed3.json").write_text(json.dumps(other))
     result = subprocess.run(
-        [sys.executable, "scripts/compare.py", "--records", str(tmp_path), "--out_dir", str(tmp_path / "out")],
+        [sys.executable, "benchmarks/tools/compare.py", "--records", str(tmp_path), "--out_dir", str(tmp_path / "out")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode != 0 and "different patients" in result.stderr
@@ -249,7 +249,7 @@ def test_compare_reads_several_folders_against_any_baseline(records, tmp_path):
     shutil.copy(records / "xunet_seed3.json", protocol)
     shutil.copy(records / "xunet_all_folds_seed3.json", outside)
     result = subprocess.run(
-        [sys.executable, "scripts/compare.py", "--records", f"{protocol},{outside}", "--baseline", "xunet",
+        [sys.executable, "benchmarks/tools/compare.py", "--records", f"{protocol},{outside}", "--baseline", "xunet",
          "--out_dir", str(tmp_path / "out")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -268,7 +268,7 @@ def test_compare_plots_runs_that_validated_nothing_without_warnings(records, tmp
     """Runs trained on every fold have no validation curve: the plot says so instead of an empty, legend-less panel."""
     shutil.copy(records / "xunet_all_folds_seed3.json", tmp_path)
     result = subprocess.run(
-        [sys.executable, "-W", "error::UserWarning", "scripts/compare.py", "--records", str(tmp_path),
+        [sys.executable, "-W", "error::UserWarning", "benchmarks/tools/compare.py", "--records", str(tmp_path),
          "--baseline", "xunet_all_folds", "--out_dir", str(tmp_path / "out")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -285,7 +285,7 @@ def test_compare_by_seed_sets_one_seed_against_another(records, tmp_path):
     (tmp_path / "xunet_all_folds_seed3.json").write_text(json.dumps(first))
     (tmp_path / "xunet_all_folds_seed4.json").write_text(json.dumps(second))
     result = subprocess.run(
-        [sys.executable, "scripts/compare.py", "--records", str(tmp_path), "--by_seed", "True",
+        [sys.executable, "benchmarks/tools/compare.py", "--records", str(tmp_path), "--by_seed", "True",
          "--baseline", "xunet_all_folds_seed3", "--out_dir", str(tmp_path / "out")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -301,7 +301,7 @@ def test_compare_by_seed_sets_one_seed_against_another(records, tmp_path):
 def test_compare_without_plots_writes_the_table_only(records, tmp_path):
     """``--plots False`` (a second comparison of the same records) writes ``results.md`` and says so, but no PNG."""
     result = subprocess.run(
-        [sys.executable, "scripts/compare.py", "--records", str(records), "--baseline", "xunet", "--plots", "False",
+        [sys.executable, "benchmarks/tools/compare.py", "--records", str(records), "--baseline", "xunet", "--plots", "False",
          "--out_dir", str(tmp_path / "out")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -14,7 +14,7 @@ import pytest
 
 from xunet_bundle.data import nifti_stem, write_nifti
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parent
 SHARED = REPO_ROOT.parent / "shared"
 LGG_ROOT = SHARED / "data" / "lgg" / "kaggle_3m"
 HIPPOCAMPUS_ROOT = SHARED / "data" / "hippocampus"

@@ -1,5 +1,5 @@
 """
-Choose a foreground threshold and test-time mirroring from per-case Dice written by ``scripts/threshold_sweep.py``, by
+Choose a foreground threshold and test-time mirroring from per-case Dice written by ``benchmarks/tools/threshold_sweep.py``, by
 a rule fixed before the data is seen: pool the cases of every file (the validation folds of a cross-validation), and
 adopt the candidate with the highest mean Dice only if it beats the default by at least ``min_gain``; ties go to the
 cheaper candidate (no mirroring before mirroring, then the higher threshold).
@@ -7,7 +7,7 @@ cheaper candidate (no mirroring before mirroring, then the higher threshold).
 Usage (fold 0 of ``benchmarks/lgg/README.md``; a sweep without mirroring ends in ``_mirror.csv`` and its mirrored one
 in ``_mirror1.csv``; several folds are pooled by listing their files, comma-separated)::
 
-    python scripts/choose_postprocessing.py --plain benchmarks/lgg/thresholds_300/validation_mirror.csv \
+    python benchmarks/tools/choose_postprocessing.py --plain benchmarks/lgg/thresholds_300/validation_mirror.csv \
         --mirrored benchmarks/lgg/thresholds_300/validation_mirror1.csv
 """
 
@@ -40,7 +40,7 @@ def read_sweep(path: str | Path) -> dict[float, dict[str, float]]:
         path: the CSV: a ``case`` column, then one ``dice_at_<threshold>`` column per threshold.
     """
     if not Path(path).is_file():
-        raise DataError(path, "threshold sweep not found: run scripts/threshold_sweep.py first.")
+        raise DataError(path, "threshold sweep not found: run benchmarks/tools/threshold_sweep.py first.")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []

@@ -7,7 +7,7 @@ then measure on test), with the bundle's own preprocessing, inferer and largest-
 
 Usage::
 
-    python scripts/threshold_sweep.py --dataset_dir runs/lgg/data --ckpt_dir runs/models_050 --eval_subset validation \
+    python benchmarks/tools/threshold_sweep.py --dataset_dir runs/lgg/data --ckpt_dir runs/models_050 --eval_subset validation \
         --thresholds "[0.5,0.4,0.3,0.2]" --out benchmarks/lgg/thresholds/validation_050.csv
 
 ``--mirror_axes "[1]"`` averages each slice's probabilities with those of its left-right mirror image first.
@@ -28,7 +28,7 @@ from monai.transforms import KeepLargestConnectedComponent
 
 from xunet_bundle.training import require_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [str(REPO_ROOT / "configs" / "train.json"), str(REPO_ROOT / "configs" / "evaluate.json")]
 
 
