@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import REPO_ROOT, run_bundle, write_channel_files
 
+from conftest import REPO_ROOT, run_bundle, write_channel_files
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.data import load_split, write_nifti
 from xunet_bundle.demo import synthetic_patient
@@ -340,7 +340,7 @@ def check_outputs(stage: str, data: Path, out: Path) -> None:
     if stage == "train":
         CrossBasicUNet().load_state_dict(torch.load(out / "models" / "model.pt", weights_only=True))
     elif stage == "evaluate":
-        rows = (out / "val_mean_dice_raw.csv").read_text().splitlines()[1:]
+        rows = (out / "test_mean_dice_raw.csv").read_text().splitlines()[1:]
         assert len(rows) == len(load_split(data / "datalist.json", "test"))
         assert all(0.0 <= float(row.split(",")[-1]) <= 1.0 for row in rows)
     else:

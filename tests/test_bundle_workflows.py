@@ -13,12 +13,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, run_bundle, write_channel_files
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, SaveImaged
 from scipy import ndimage
 
+from conftest import REPO_ROOT, run_bundle, write_channel_files
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.data import load_split
 from xunet_bundle.runtime import cpu_supports_bf16
@@ -139,20 +139,20 @@ def evaluation(trained, demo_dir) -> Path:
 def test_evaluation_writes_per_patient_dice_and_hd95(evaluation, demo_dir):
     out = evaluation
     test_patients = {Path(item["image"]).name for item in load_split(demo_dir / "datalist.json", "test")}
-    for metric in ("val_mean_dice", "val_hd95"):
+    for metric in ("test_mean_dice", "test_hd95"):
         with open(out / f"{metric}_raw.csv") as f:
             rows = list(csv.DictReader(f))
         assert {Path(row["filename"]).name for row in rows} == test_patients
         with open(out / f"{metric}_summary.csv") as f:
             summary = {row["class"]: row for row in csv.DictReader(f)}
         assert {"mean", "median"} <= set(summary["mean"])
-    dice = [float(row["mean"]) for row in csv.DictReader(open(out / "val_mean_dice_raw.csv"))]
+    dice = [float(row["mean"]) for row in csv.DictReader(open(out / "test_mean_dice_raw.csv"))]
     assert all(0.0 <= d <= 1.0 for d in dice)
 
 
 def per_patient_dice(eval_dir: Path) -> dict[str, float]:
     """The per-patient Dice an evaluation wrote, by file name."""
-    with open(eval_dir / "val_mean_dice_raw.csv") as f:
+    with open(eval_dir / "test_mean_dice_raw.csv") as f:
         return {Path(row["filename"]).name: float(row["mean"]) for row in csv.DictReader(f)}
 
 
@@ -245,7 +245,7 @@ def test_an_ensemble_without_two_existing_checkpoints_fails_clearly(trained, dem
 def test_threshold_sweep_matches_the_evaluation_at_its_thresholds(trained, demo_dir, tmp_path, mirror_axes):
     out = tmp_path / "sweep.csv"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "threshold_sweep.py"), "--dataset_dir", str(demo_dir),
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "tools" / "threshold_sweep.py"), "--dataset_dir", str(demo_dir),
          "--ckpt_dir", str(trained / "models"), "--eval_subset", "test", "--thresholds", "[0.5,0.3,0.0]",
          "--mirror_axes", mirror_axes, "--out", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True,

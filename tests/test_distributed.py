@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, run_bundle
 
+from conftest import REPO_ROOT, run_bundle
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.data import load_split
+
+pytestmark = pytest.mark.slow  # torchrun: two processes per run
 
 MULTI_GPU_TRAIN = REPO_ROOT / "configs" / "multi_gpu_train.json"
 
 
 def read_metrics(folder: Path) -> dict[str, float]:
-    with open(folder / "val_mean_dice_raw.csv") as f:
+    with open(folder / "all_mean_dice_raw.csv") as f:
         return {Path(row["filename"]).name: float(row["mean"]) for row in csv.DictReader(f)}
 
 

@@ -13,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, require_shared, run_bundle
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 
+from conftest import REPO_ROOT, require_shared, run_bundle
 from xunet_bundle.data import DataError, load_split
 from xunet_bundle.decathlon import prepare_datalist
 
@@ -82,7 +82,7 @@ def test_brief_3d_training_segments_both_labels(task, tmp_path):
         "run", "evaluating", "--config_file", CONFIGS.replace("]", ",'configs/evaluate.json']"), *common,
         "--output_dir", str(run / "eval"),
     )  # fmt: skip
-    with open(run / "eval" / "val_mean_dice_raw.csv") as f:
+    with open(run / "eval" / "test_mean_dice_raw.csv") as f:
         rows = list(csv.reader(f))
     header, cases = rows[0], rows[1:]
     assert len(cases) == 4  # the test cases

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import hashlib
+import logging
+import os
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
@@ -10,7 +13,51 @@ from monai.networks.utils import one_hot
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type
 
-__all__ = ["ForegroundThreshold", "ForegroundThresholdd"]
+__all__ = [
+    "PLAIN_POSTPROCESSING",
+    "SHIPPED_WEIGHTS_MD5",
+    "SHIPPED_WEIGHTS_POSTPROCESSING",
+    "ForegroundThreshold",
+    "ForegroundThresholdd",
+    "postprocessing_for",
+]
+
+# Chosen for the shipped LGG weights, out of fold, by the rule of benchmarks/lgg/README.md: it belongs to those weights
+# (identified by their md5, as in large_files.yml) and applies only to them, never to a model trained anew, a
+# fine-tuned one or one for another dataset. New weights get it only once a choice is made for them.
+SHIPPED_WEIGHTS_MD5 = "be69cf3888da7557c19d4144b16bf5df"
+SHIPPED_WEIGHTS_POSTPROCESSING = {"mirror_axes": [1], "foreground_threshold": 0.2, "largest_component": True}
+# The network's own output: the argmax of the softmax, no test-time mirroring, every component kept.
+PLAIN_POSTPROCESSING = {"mirror_axes": [], "foreground_threshold": None, "largest_component": False}
+
+
+def _md5(path: str | os.PathLike) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "md5").hexdigest()
+    except OSError:
+        return None
+
+
+def postprocessing_for(checkpoints: str | os.PathLike | Sequence[str | os.PathLike]) -> dict:
+    """
+    The post-processing settings for a model: :data:`SHIPPED_WEIGHTS_POSTPROCESSING` when every checkpoint is the
+    shipped LGG weights (by md5), :data:`PLAIN_POSTPROCESSING` otherwise. The choice is logged; ``--mirror_axes``,
+    ``--foreground_threshold`` and ``--largest_component`` override either.
+
+    Args:
+        checkpoints: the model file, or the files of an ensemble's members.
+    """
+    paths = [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
+    if paths and all(_md5(path) == SHIPPED_WEIGHTS_MD5 for path in paths):
+        settings, which = SHIPPED_WEIGHTS_POSTPROCESSING, "the shipped LGG weights' own post-processing"
+    else:
+        settings, which = PLAIN_POSTPROCESSING, "the network's plain output (argmax, no mirroring)"
+    logging.getLogger("xunet_bundle").info(
+        f"post-processing: {which} (mirror_axes={settings['mirror_axes']}, foreground_threshold="
+        f"{settings['foreground_threshold']}, largest_component={settings['largest_component']}) unless overridden"
+    )
+    return {key: list(value) if isinstance(value, list) else value for key, value in settings.items()}
 
 
 class ForegroundThreshold(Transform):

@@ -6,15 +6,25 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
 import sys
 
 import torch
 
 from .data import DataError
 
-__all__ = ["autocast_on_cpu", "cpu_supports_bf16", "report_data_errors_briefly", "tune_glibc_malloc"]
+__all__ = [
+    "FreshRunLogFilter",
+    "autocast_on_cpu",
+    "cpu_supports_bf16",
+    "log_fresh_runs_as_starting",
+    "report_data_errors_briefly",
+    "tune_glibc_malloc",
+]
 
 logger = logging.getLogger(__name__)
+
+_FRESH_RUN = re.compile(r"^Engine run resuming from iteration 0, epoch (\d+) until (\d+) epochs$")
 
 # mallopt parameters, from glibc's malloc.h
 _M_TRIM_THRESHOLD = -1
@@ -123,3 +133,32 @@ def report_data_errors_briefly() -> None:
 
     hook.reports_data_errors = True
     sys.excepthook = hook
+
+
+class FreshRunLogFilter(logging.Filter):
+    """
+    Reword Ignite's "Engine run resuming from iteration 0, epoch E until M epochs", which every run of a MONAI engine
+    logs, fresh or not (MONAI's workflows create the engine's state with ``max_epochs`` set, so Ignite takes every
+    run for a resumed one). A run from iteration 0 starts; one from a checkpoint keeps Ignite's message.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = _FRESH_RUN.match(record.getMessage())
+        if match:
+            epoch, max_epochs = int(match.group(1)), int(match.group(2))
+            record.msg = f"Engine run starting with max_epochs={max_epochs}"
+            record.msg += f" at epoch {epoch + 1}." if epoch else "."
+            record.args = ()
+        return True
+
+
+def log_fresh_runs_as_starting(*engines) -> None:
+    """
+    Add a :class:`FreshRunLogFilter` to the loggers of ``engines`` (once each).
+
+    Args:
+        engines: Ignite engines (MONAI trainers and evaluators).
+    """
+    for engine in engines:
+        if not any(isinstance(f, FreshRunLogFilter) for f in engine.logger.filters):
+            engine.logger.addFilter(FreshRunLogFilter())

@@ -94,7 +94,20 @@ def attach_handlers(engine, handlers: list) -> None:
 
 
 class LossProgressBar(ProgressBar):
-    """Ignite's tqdm progress bar showing the running training loss of a MONAI trainer."""
+    """
+    Ignite's tqdm progress bar showing the training loss of a MONAI trainer as ``loss=``, one line per epoch.
+
+    List it first among the trainer's handlers: it then ends its line before other epoch-end handlers log, so log
+    lines never continue the bar's. On a stream that is not a terminal (a log file) tqdm writes nothing.
+
+    Args:
+        desc: the bar's label.
+        tqdm_kwargs: passed to tqdm.
+    """
+
+    def __init__(self, desc: str = "train", **tqdm_kwargs) -> None:
+        tqdm_kwargs.setdefault("disable", None)
+        super().__init__(persist=True, desc=desc, **tqdm_kwargs)
 
     def attach(self, engine, **kwargs) -> None:
         """
@@ -102,7 +115,8 @@ class LossProgressBar(ProgressBar):
             engine: the MONAI trainer.
             kwargs: passed to :meth:`ignite.handlers.ProgressBar.attach`.
         """
-        kwargs.setdefault("output_transform", from_engine(["loss"], first=True))
+        loss = from_engine(["loss"], first=True)
+        kwargs.setdefault("output_transform", lambda output: {"loss": loss(output)})
         super().attach(engine, **kwargs)
 
 

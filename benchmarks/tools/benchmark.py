@@ -8,8 +8,10 @@ Usage::
 
     python benchmarks/tools/benchmark.py                      # all cases, markdown table on stdout
     python benchmarks/tools/benchmark.py --cases 2d_b4 --repeats 5 --json_out runs/benchmark.json
-    python benchmarks/tools/benchmark.py --cases 2d_b4 --models xunet_fast --cpu_path False --metatensor True   # input types
-    python benchmarks/tools/benchmark.py --cases 2d_b4 --models xunet_fast --cpu_path False --compiled True     # torch.compile
+    python benchmarks/tools/benchmark.py --cases 2d_b4 --models xunet_fast --cpu_path False \
+        --metatensor True  # input types
+    python benchmarks/tools/benchmark.py --cases 2d_b4 --models xunet_fast --cpu_path False \
+        --compiled True  # torch.compile
 """
 
 from __future__ import annotations

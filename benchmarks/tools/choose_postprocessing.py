@@ -1,6 +1,6 @@
 """
-Choose a foreground threshold and test-time mirroring from per-case Dice written by ``benchmarks/tools/threshold_sweep.py``, by
-a rule fixed before the data is seen: pool the cases of every file (the validation folds of a cross-validation), and
+Choose a foreground threshold and test-time mirroring from per-case Dice written by
+``benchmarks/tools/threshold_sweep.py``, by a rule fixed before the data is seen: pool the cases of every file (the validation folds of a cross-validation), and
 adopt the candidate with the highest mean Dice only if it beats the default by at least ``min_gain``; ties go to the
 cheaper candidate (no mirroring before mirroring, then the higher threshold).
 

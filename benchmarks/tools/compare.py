@@ -4,15 +4,16 @@ Turn the JSON records of protocol runs (``benchmarks/run.sh``) into the results 
 For each network, a patient's (case's) Dice is the mean over that network's seeds (``--by_seed True`` keeps every run
 apart); the table gives the mean, median and a bootstrap 95% confidence interval across test patients, and, against
 the baseline network, the per-patient paired difference with its paired bootstrap interval. With several labels
-(Hippocampus) a per-label table follows. With ``--costs`` (a ``benchmarks/tools/benchmark.py`` JSON), a Dice-against-cost table
-and plot are added.
+(Hippocampus) a per-label table follows. With ``--costs`` (a ``benchmarks/tools/benchmark.py`` JSON), a Dice-against-cost
+table and plot are added.
 
 Usage::
 
     python benchmarks/tools/compare.py --records benchmarks/lgg/records --out_dir benchmarks/lgg
     python benchmarks/tools/compare.py --records benchmarks/lgg/variants/records --out_dir benchmarks/lgg/variants \
         --costs benchmarks/speed/variants_cpu_2cores.json
-    python benchmarks/tools/compare.py --records benchmarks/lgg/all_folds/records,benchmarks/lgg/all_folds/seed1/records \
+    python benchmarks/tools/compare.py \
+        --records benchmarks/lgg/all_folds/records,benchmarks/lgg/all_folds/seed1/records \
         --by_seed True --baseline xunet_all_folds_bf16_seed0 --out_dir benchmarks/lgg/all_folds/seed1/seed_to_seed
 """
 

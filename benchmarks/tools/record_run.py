@@ -125,9 +125,9 @@ def main(
             metrics are in ``eval_largest_component/`` (LGG).
     """
     run_dir = Path(run_dir)
-    dice_table = read_raw_table(run_dir / "eval" / "val_mean_dice_raw.csv")
+    dice_table = read_raw_table(run_dir / "eval" / "test_mean_dice_raw.csv")
     dice = per_case(dice_table)
-    hd95 = read_per_case(run_dir / "eval" / "val_hd95_raw.csv")
+    hd95 = read_per_case(run_dir / "eval" / "test_hd95_raw.csv")
     curves = read_curves(run_dir / "tensorboard")
     trainer = torch.load(latest_checkpoint(run_dir / "checkpoints"), weights_only=True)["trainer"]
     record = {
@@ -151,8 +151,8 @@ def main(
     if largest_component_eval_command:
         lcc_dir = run_dir / "eval_largest_component"
         record["largest_component_eval_command"] = largest_component_eval_command
-        record["test_dice_largest_component"] = read_per_case(lcc_dir / "val_mean_dice_raw.csv")
-        record["test_hd95_largest_component"] = read_per_case(lcc_dir / "val_hd95_raw.csv")
+        record["test_dice_largest_component"] = read_per_case(lcc_dir / "test_mean_dice_raw.csv")
+        record["test_hd95_largest_component"] = read_per_case(lcc_dir / "test_hd95_raw.csv")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, out)
     print(f"wrote {out}: {len(dice)} test patients, mean Dice {sum(dice.values()) / len(dice):.4f}")

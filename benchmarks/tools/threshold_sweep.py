@@ -7,7 +7,8 @@ then measure on test), with the bundle's own preprocessing, inferer and largest-
 
 Usage::
 
-    python benchmarks/tools/threshold_sweep.py --dataset_dir runs/lgg/data --ckpt_dir runs/models_050 --eval_subset validation \
+    python benchmarks/tools/threshold_sweep.py --dataset_dir runs/lgg/data --ckpt_dir runs/models_050 \
+        --eval_subset validation \
         --thresholds "[0.5,0.4,0.3,0.2]" --out benchmarks/lgg/thresholds/validation_050.csv
 
 ``--mirror_axes "[1]"`` averages each slice's probabilities with those of its left-right mirror image first.
