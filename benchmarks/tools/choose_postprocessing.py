@@ -1,8 +1,8 @@
 """
 Choose a foreground threshold and test-time mirroring from per-case Dice written by
-``benchmarks/tools/threshold_sweep.py``, by a rule fixed before the data is seen: pool the cases of every file (the validation folds of a cross-validation), and
-adopt the candidate with the highest mean Dice only if it beats the default by at least ``min_gain``; ties go to the
-cheaper candidate (no mirroring before mirroring, then the higher threshold).
+``benchmarks/tools/threshold_sweep.py``, by a rule fixed before the data is seen: pool the cases of every file (the
+validation folds of a cross-validation), and adopt the candidate with the highest mean Dice only if it beats the default
+by at least ``min_gain``; ties go to the cheaper candidate (no mirroring before mirroring, then the higher threshold).
 
 Usage (fold 0 of ``benchmarks/lgg/README.md``; a sweep without mirroring ends in ``_mirror.csv`` and its mirrored one
 in ``_mirror1.csv``; several folds are pooled by listing their files, comma-separated)::

@@ -4,8 +4,8 @@ Turn the JSON records of protocol runs (``benchmarks/run.sh``) into the results 
 For each network, a patient's (case's) Dice is the mean over that network's seeds (``--by_seed True`` keeps every run
 apart); the table gives the mean, median and a bootstrap 95% confidence interval across test patients, and, against
 the baseline network, the per-patient paired difference with its paired bootstrap interval. With several labels
-(Hippocampus) a per-label table follows. With ``--costs`` (a ``benchmarks/tools/benchmark.py`` JSON), a Dice-against-cost
-table and plot are added.
+(Hippocampus) a per-label table follows. With ``--costs`` (a ``benchmarks/tools/benchmark.py`` JSON), a
+Dice-against-cost table and plot are added.
 
 Usage::
 
