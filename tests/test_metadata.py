@@ -46,3 +46,15 @@ def test_metadata_agrees_with_the_configs():
 def test_configs_are_indented_four_spaces(path):
     text = path.read_text()
     assert text == json.dumps(json.loads(text), indent=4) + "\n"
+
+
+def test_one_version_everywhere():
+    """pyproject.toml, the package and metadata.json name the same version, which the changelog describes."""
+    import xunet_bundle
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib (Python 3.11+) reads pyproject.toml")
+
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert project["version"] == xunet_bundle.__version__ == meta["version"]
+    assert meta["version"] in meta["changelog"]
