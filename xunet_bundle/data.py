@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -154,12 +155,14 @@ class AtomicNibabelWriter(NibabelWriter):
         """
         Args:
             filename: destination file.
-            verbose: log the progress.
+            verbose: log the file once it is complete under its final name (``SaveImaged(print_log=True)``).
             obj_kwargs: passed to ``NibabelWriter.write``.
         """
         Path(filename).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(filename) as tmp:
-            super().write(tmp, verbose=verbose, **obj_kwargs)
+            super().write(tmp, verbose=False, **obj_kwargs)
+        if verbose:
+            logging.getLogger(__name__).info(f"wrote {filename}")
 
 
 def split_patients(
