@@ -21,11 +21,14 @@ HIPPOCAMPUS_ROOT = SHARED / "data" / "hippocampus"
 SCHEMA = SHARED / "reference" / "meta_schema_20240725.json"
 
 
-def require_shared(path: Path) -> Path:
-    """Return ``path``, or skip the test when it is absent (fail instead when XUNET_REQUIRE_SHARED_DATA=1, as in CI)."""
+def require_shared(path: Path, what: str = "the real data") -> Path:
+    """
+    Return ``path``, or skip the test when it is absent (fail instead when XUNET_REQUIRE_SHARED_DATA=1, as in CI); the
+    reason names the missing path and ``what`` it is.
+    """
     if path.exists():
         return path
-    reason = f"{path} is not available: these tests need the real data kept beside the checkout in ../shared"
+    reason = f"{path} is not available: this test needs {what}, kept beside the checkout in ../shared"
     if os.environ.get("XUNET_REQUIRE_SHARED_DATA") == "1":
         pytest.fail(reason + " (XUNET_REQUIRE_SHARED_DATA=1 makes it mandatory)")
     pytest.skip(reason)
@@ -83,7 +86,7 @@ def lgg_root() -> Path:
 
 @pytest.fixture
 def schema_path() -> Path:
-    return require_shared(SCHEMA)
+    return require_shared(SCHEMA, "the Model Zoo's metadata schema (the URL of configs/metadata.json's \"schema\")")
 
 
 @pytest.fixture(scope="session")

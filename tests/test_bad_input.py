@@ -350,7 +350,20 @@ def check_outputs(stage: str, data: Path, out: Path) -> None:
             assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+# valid but unusual input run through a whole workflow: the longest cases, left to the slow tier
+SLOW_CASES = {
+    "train-empty_mask",
+    "train-unusual_dtypes",
+    "train-not_divisible_by_16",
+    "inference-not_divisible_by_16",
+    "inference-one_slice_volume",
+    "inference-unusual_dtypes",
+}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if str(c) in SLOW_CASES else c for c in CASES], ids=str
+)
 def test_bad_input_stops_clearly_and_valid_input_works(case, demo_dir, model_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(demo_dir, data)

@@ -52,6 +52,7 @@ def test_training_keeps_a_tensor_only_best_checkpoint(trained):
     assert resume_state["trainer"]["iteration"] == 2 * resume_state["trainer"]["epoch_length"]
 
 
+@pytest.mark.slow  # a longer workflow: every fold trained on
 def test_training_on_every_fold_saves_the_final_model(demo_dir, tmp_path):
     result = run_bundle(
         "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(tmp_path),
@@ -98,6 +99,7 @@ def test_resume_without_checkpoint_fails_clearly(demo_dir, tmp_path):
     assert "no checkpoint_*.pt to resume from" in result.stderr
 
 
+@pytest.mark.slow  # a training variant
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
 def test_amp_trains_in_bf16_on_a_cpu_with_native_bf16(demo_dir, tmp_path):
     result = run_bundle(
@@ -110,6 +112,7 @@ def test_amp_trains_in_bf16_on_a_cpu_with_native_bf16(demo_dir, tmp_path):
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+@pytest.mark.slow  # torch.compile builds its kernels with a C++ compiler: minutes on 2 cores
 def test_compiled_training_saves_the_plain_network_and_resumes(demo_dir, tmp_path):
     # inductor writes the kernels it compiles here: an option that was ignored would leave the folder empty
     env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
@@ -181,6 +184,7 @@ def test_evaluation_of_a_datalist_of_channel_files_scores_as_the_stacked_volumes
     assert from_channels == pytest.approx(per_patient_dice(evaluation), abs=1e-6)
 
 
+@pytest.mark.slow  # a training variant; the fast tier evaluates and segments channel files
 def test_training_on_a_datalist_of_channel_files(demo_dir, tmp_path):
     run_bundle(
         "run", "training", "--config_file", TRAIN, "--dataset_dir", str(channel_file_datalist(demo_dir, tmp_path)),
@@ -241,6 +245,7 @@ def test_an_ensemble_without_two_existing_checkpoints_fails_clearly(trained, dem
     assert not (tmp_path / "eval").exists()
 
 
+@pytest.mark.slow  # a protocol tool (benchmarks/tools/threshold_sweep.py) against four evaluations
 @pytest.mark.parametrize("mirror_axes", ["[]", "[0,1]"])
 def test_threshold_sweep_matches_the_evaluation_at_its_thresholds(trained, demo_dir, tmp_path, mirror_axes):
     out = tmp_path / "sweep.csv"
@@ -351,6 +356,7 @@ def test_basicunet_override_trains_with_the_same_pipeline(demo_dir, tmp_path):
     assert state["upcat_1.convs.conv_0.conv.weight"].shape[1] == 64  # BasicUNet's single skip: 32 + 32 channels
 
 
+@pytest.mark.slow  # two more inference runs; the fast tier checks the transform itself below
 def test_largest_component_option_leaves_one_tumour_component(trained, demo_dir):
     out = {}
     for largest in ("False", "True"):

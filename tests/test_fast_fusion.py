@@ -64,11 +64,11 @@ def _pair(
     "spatial_dims, shape",
     [
         (2, (1, 64, 64)),
-        (2, (3, 48, 80)),
-        (2, (2, 250, 250)),
+        pytest.param(2, (3, 48, 80), marks=pytest.mark.slow),  # the larger sizes in float64: minutes on 2 cores
+        pytest.param(2, (2, 250, 250), marks=pytest.mark.slow),
         (2, (1, 33, 47)),
-        (3, (1, 32, 32, 32)),
-        (3, (2, 35, 50, 35)),
+        pytest.param(3, (1, 32, 32, 32), marks=pytest.mark.slow),
+        pytest.param(3, (2, 35, 50, 35), marks=pytest.mark.slow),
     ],
 )
 def test_network_outputs_and_gradients_match_reference(spatial_dims, shape, train, fusion):
@@ -127,6 +127,7 @@ def test_torch_compile_matches_eager(fusion):
         torch.testing.assert_close(compiled(x), net(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # compiles a backward pass
 def test_torch_compile_trains_with_the_same_gradients():
     torch.manual_seed(0)
     net = CrossBasicUNet(features=SMALL)

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, run_bundle
 
+from conftest import REPO_ROOT, run_bundle
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.training import latest_checkpoint
+
+pytestmark = pytest.mark.slow  # fault injection: training killed with SIGKILL, then resumed
 
 EPOCHS = 3
 CHECKPOINT_ITERATIONS = 3

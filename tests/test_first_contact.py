@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, run_bundle
 
+from conftest import REPO_ROOT, run_bundle
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.demo import make_demo_dataset
 from xunet_bundle.postprocessing import (
@@ -30,11 +30,13 @@ def demo_run(tmp_path_factory):
     make_demo_dataset(root / "data", progress=False)
     result = run_bundle(
         "run", "training", "--config_file", "configs/train.json", "--dataset_dir", str(root / "data"),
-        "--output_dir", str(root / "runs"), "--epochs", "12", "--progress", "False",
+        "--output_dir", str(root / "runs"), "--ckpt_dir", str(root / "runs" / "models"), "--epochs", "12",
+        "--progress", "False",
     )  # fmt: skip
     return root, result.stdout + result.stderr
 
 
+@pytest.mark.slow  # trains the demo for 12 epochs
 def test_a_short_demo_run_validates_above_0_8(demo_run):
     root, log = demo_run
     summary = subprocess.run(
@@ -52,6 +54,7 @@ def test_a_short_demo_run_validates_above_0_8(demo_run):
     assert "Engine run resuming from iteration 0" not in log and "Engine run starting with max_epochs=12." in log
 
 
+@pytest.mark.slow  # the 12-epoch demo run
 def test_the_demo_model_is_evaluated_and_segmented_with_plain_post_processing(demo_run, tmp_path):
     root, _ = demo_run
     common = ["--dataset_dir", str(root / "data"), "--ckpt_dir", str(root / "runs" / "models")]

@@ -64,6 +64,7 @@ def test_image_without_label_is_named(task, tmp_path):
     assert not (tmp_path / "data" / "datalist.json").exists()
 
 
+@pytest.mark.slow  # a 3D training workflow on real cases
 def test_brief_3d_training_segments_both_labels(task, tmp_path):
     """
     A short real training run of CrossBasicUNet(spatial_dims=3), then sliding-window evaluation on the held-out
@@ -123,6 +124,7 @@ def test_configuration_builds_3d_networks_and_sliding_windows(network):
     assert isinstance(parser.get_parsed_content("validate#inferer").inferer, SlidingWindowInferer)
 
 
+@pytest.mark.slow  # benchmarks/run.sh, a protocol tool, trains two networks
 def test_protocol_run_records_per_label_dice(task, tmp_path):
     """``TASK=hippocampus benchmarks/run.sh``: one epoch per network, records with per-label Dice, the comparison."""
     env = {**os.environ, "TASK": "hippocampus", "EPOCHS": "1", "VAL_INTERVAL": "1", "RECORDS_DIR": str(tmp_path)}

@@ -22,9 +22,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import LGG_ROOT, REPO_ROOT, copy_bundle, require_shared
 
+from conftest import LGG_ROOT, REPO_ROOT, copy_bundle, require_shared
 from xunet_bundle.lgg import prepare_dataset
+
+pytestmark = pytest.mark.slow  # builds .venv-monailabel (several GB) and runs a MONAI Label server
 
 MODEL = "xunet_lgg_segmentation"
 VENV = REPO_ROOT / ".venv-monailabel"
@@ -80,7 +82,7 @@ def patients(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(shipped_weights, monailabel_env, patients, tmp_path_factory):
+def server(shipped_weights, patients, monailabel_env, tmp_path_factory):  # patients first: skip before building the env
     """A MONAI Label server on 127.0.0.1 with the bundle as the monaibundle app's local model; yields its URL."""
     work = tmp_path_factory.mktemp("monailabel")
     env = {**os.environ, "PATH": f"{monailabel_env / 'bin'}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": ""}

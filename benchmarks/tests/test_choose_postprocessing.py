@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO_ROOT
 
-SCRIPT = str(REPO_ROOT / "scripts" / "choose_postprocessing.py")
+pytestmark = pytest.mark.slow  # a protocol tool (benchmarks/tools/)
+
+SCRIPT = str(REPO_ROOT / "benchmarks" / "tools" / "choose_postprocessing.py")
 FOLD0 = REPO_ROOT / "benchmarks" / "lgg" / "thresholds_300"
 FOLDS_1_TO_4 = REPO_ROOT / "benchmarks" / "lgg" / "cv300"
 

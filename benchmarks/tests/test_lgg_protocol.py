@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # the protocol tools: benchmarks/run.sh per network, records, comparisons
 
 NETWORKS = ("xunet", "basicunet", "xunet_projected")
 # the shipped weights evaluated with the configs' default post-processing (benchmarks/lgg/README.md)
@@ -301,8 +304,8 @@ def test_compare_by_seed_sets_one_seed_against_another(records, tmp_path):
 def test_compare_without_plots_writes_the_table_only(records, tmp_path):
     """``--plots False`` (a second comparison of the same records) writes ``results.md`` and says so, but no PNG."""
     result = subprocess.run(
-        [sys.executable, "benchmarks/tools/compare.py", "--records", str(records), "--baseline", "xunet", "--plots", "False",
-         "--out_dir", str(tmp_path / "out")],
+        [sys.executable, "benchmarks/tools/compare.py", "--records", str(records), "--baseline", "xunet",
+         "--plots", "False", "--out_dir", str(tmp_path / "out")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
