@@ -263,8 +263,8 @@ def test_threshold_sweep_matches_the_evaluation_at_its_thresholds(trained, demo_
         run_bundle(
             "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(demo_dir), "--ckpt_dir",
             str(trained / "models"), "--output_dir", str(tmp_path / f"eval_{threshold}"), "--num_workers", "0",
-            "--mirror_axes", mirror_axes, "--foreground_threshold", threshold,
-        )  # fmt: skip
+            "--mirror_axes", mirror_axes, "--foreground_threshold", threshold, "--largest_component", "True",
+        )  # fmt: skip  # the sweep keeps the largest component by default
         evaluated[threshold] = per_patient_dice(tmp_path / f"eval_{threshold}")
     # the argmax of two softmax channels is a tumour probability of at least one half
     assert {case: float(row["dice_at_0.5"]) for case, row in rows.items()} == pytest.approx(

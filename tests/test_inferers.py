@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
 
+from conftest import REPO_ROOT
 from xunet_bundle.inferers import MirroringInferer
 
 
@@ -80,19 +80,26 @@ def test_rejects_an_axis_the_input_does_not_have():
 
 
 @pytest.mark.parametrize(
-    "config_files, inner_type, default_axes",
+    "config_files, inner_type, shipped_weights, default_axes",
     [
-        (["train.json"], SliceInferer, (1,)),
-        (["inference.json"], SliceInferer, (1,)),
-        (["train.json", "hippocampus.json", "evaluate.json"], SlidingWindowInferer, ()),
-        (["inference.json", "hippocampus.json"], SlidingWindowInferer, ()),
+        (["train.json"], SliceInferer, True, ()),
+        (["inference.json"], SliceInferer, True, (1,)),
+        (["inference.json"], SliceInferer, False, ()),
+        (["train.json", "evaluate.json"], SliceInferer, True, (1,)),
+        (["train.json", "evaluate.json"], SliceInferer, False, ()),
+        (["train.json", "hippocampus.json", "evaluate.json"], SlidingWindowInferer, False, ()),
+        (["inference.json", "hippocampus.json"], SlidingWindowInferer, False, ()),
     ],
 )
-def test_configs_wrap_their_inferer_with_their_default_mirroring(config_files, inner_type, default_axes):
-    """LGG mirrors left-right by default (chosen on its out-of-fold patients); Hippocampus, where nothing was chosen,
-    does not."""
+def test_configs_wrap_their_inferer_with_their_default_mirroring(
+    config_files, inner_type, shipped_weights, default_axes, tmp_path
+):
+    """Training validates without mirroring; evaluation and inference mirror left-right only the shipped LGG weights
+    (chosen for them on their out-of-fold patients), any other model not."""
     parser = ConfigParser()
     parser.read_config([str(REPO_ROOT / "configs" / name) for name in config_files])
+    if not shipped_weights:
+        parser["ckpt_dir"] = str(tmp_path)  # another model (no file: not the shipped weights' md5)
     inferer = parser.get_parsed_content("inferer")
     assert isinstance(inferer, MirroringInferer) and isinstance(inferer.inferer, inner_type)
     assert inferer.spatial_axes == default_axes

@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 import torch
+
 from conftest import REPO_ROOT
 
 BUNDLE_NAME = "xunet_lgg_segmentation"

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 
 import xunet_bundle.runtime as runtime
+from conftest import REPO_ROOT
 from xunet_bundle import CrossBasicUNet
 
 

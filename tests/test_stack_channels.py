@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
 from conftest import REPO_ROOT, write_channel_files
 
 SCRIPT = str(REPO_ROOT / "scripts" / "stack_channels.py")

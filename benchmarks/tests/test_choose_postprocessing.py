@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
+from xunet_bundle.postprocessing import SHIPPED_WEIGHTS_POSTPROCESSING
 
 pytestmark = pytest.mark.slow  # a protocol tool (benchmarks/tools/)
 
@@ -100,7 +101,7 @@ def test_the_recorded_fold_0_check_adopts_nothing():
 
 def test_the_recorded_five_fold_pool_adopts_the_configs_default():
     # benchmarks/lgg/README.md, "Five-fold cross-validation": the 50 out-of-fold patients choose threshold 0.2 with
-    # mirroring (+0.0057), which train.json and inference.json take as their default
+    # mirroring (+0.0057), which the shipped weights' post-processing takes (training itself validates plainly)
     plain = [str(FOLD0 / "validation_mirror.csv")]
     mirrored = [str(FOLD0 / "validation_mirror1.csv")]
     for fold in range(1, 5):
@@ -110,9 +111,8 @@ def test_the_recorded_five_fold_pool_adopts_the_configs_default():
     assert "50 cases" in result.stdout
     assert "threshold 0.5, no mirroring: 0.7995 (+0.0000)" in result.stdout
     assert adopted_line(result).startswith("threshold 0.2, mirroring: 0.8052 (+0.0057)")
-    for name in ("train.json", "inference.json"):
-        config = json.loads((REPO_ROOT / "configs" / name).read_text())
-        assert (config["foreground_threshold"], config["mirror_axes"]) == (0.2, [1])
+    shipped = SHIPPED_WEIGHTS_POSTPROCESSING
+    assert (shipped["foreground_threshold"], shipped["mirror_axes"]) == (0.2, [1])
 
 
 def test_the_test_patients_are_measured_without_choosing_and_match_the_shipped_figure():
