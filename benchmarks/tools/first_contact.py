@@ -53,7 +53,7 @@ def run_demo() -> dict:
         "whole_command_seconds": round(wall, 1),
         "best_validation_dice": float(dice.group(1)),
         "best_epoch": int(dice.group(2)),
-        "summary": output.strip().splitlines()[-1],
+        "summary": [line for line in result.stdout.splitlines() if line.startswith("summary:")][-1],
     }
 
 
