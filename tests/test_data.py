@@ -97,6 +97,31 @@ def test_find_volumes_lists_nifti_only_and_rejects_empty_folders(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary files left by the atomic writes
 
 
+def test_find_volumes_refuses_inputs_that_would_share_an_output_or_cannot_be_read(tmp_path):
+    write_nifti(np.zeros((4, 4, 4), np.uint8), np.eye(4), tmp_path / "case.nii.gz")
+    write_nifti(np.ones((4, 4, 4), np.uint8), np.eye(4), tmp_path / "case.nii")
+    with pytest.raises(DataError, match=r"case\.nii.*same case name as case\.nii\.gz|case\.nii\.gz.*same case name"):
+        find_volumes(tmp_path)
+    (tmp_path / "case.nii").unlink()
+    (tmp_path / "gone.nii.gz").symlink_to(tmp_path / "missing.nii.gz")
+    with pytest.raises(DataError, match=r"gone\.nii\.gz: a symbolic link whose target does not exist"):
+        find_volumes(tmp_path)
+    (tmp_path / "gone.nii.gz").unlink()
+    (tmp_path / "folder.nii.gz").mkdir()
+    with pytest.raises(DataError, match=r"folder\.nii\.gz: not a regular file"):
+        find_volumes(tmp_path)
+
+
+def test_find_volumes_names_cases_after_links_not_their_targets(tmp_path):
+    """BraTS-like cases keep the same file name in every case folder; links named after the cases name the outputs."""
+    for case in ("brats_001", "brats_002"):
+        (tmp_path / case).mkdir()
+        write_nifti(np.zeros((4, 4, 4), np.uint8), np.eye(4), tmp_path / case / "Flair.nii.gz")
+        (tmp_path / "links").mkdir(exist_ok=True)
+        (tmp_path / "links" / f"{case}.nii.gz").symlink_to(tmp_path / case / "Flair.nii.gz")
+    assert [Path(v["image"]).name for v in find_volumes(tmp_path / "links")] == ["brats_001.nii.gz", "brats_002.nii.gz"]
+
+
 def test_find_volumes_groups_one_file_per_channel_by_case_in_channel_order(tmp_path):
     for name in (
         "case_10_0001.nii.gz",

@@ -293,21 +293,34 @@ def find_volumes(folder: str | os.PathLike, channel_suffixes: Sequence[str] | No
         channel_suffixes: the file-name endings of a case's channel files, in channel order; None for one file per
             case.
 
+    Paths are listed as found, symbolic links unresolved, so that outputs are named after the names in ``folder``.
+
     Raises:
-        DataError: naming the folder when it holds no NIfTI file, or, with ``channel_suffixes``, naming a file that
-            ends in none of them or a channel file that a case lacks.
+        DataError: naming the folder when it holds no NIfTI file; naming a NIfTI-named entry that is not a readable
+            regular file (a dangling link, a folder, a FIFO); naming two files that would give one output name
+            (``case.nii.gz`` and ``case.nii``); with ``channel_suffixes``, naming a file that ends in none of them or
+            a channel file that a case lacks.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "input folder does not exist.")
-    volumes = sorted(
-        p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith(".")
-    )
+    volumes = sorted(p.absolute() for p in folder.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    volumes = [p for p in volumes if not p.name.startswith(".")]
+    for path in volumes:
+        if path.is_symlink() and not path.exists():
+            raise DataError(path, "a symbolic link whose target does not exist.")
+        if not path.is_file():
+            raise DataError(path, "not a regular file.")
     if not volumes:
         raise DataError(folder, "no NIfTI volumes (*.nii.gz, *.nii) in this folder.")
     if channel_suffixes is None:
-        return [{"image": str(p.resolve())} for p in volumes]
-    return [{"image": [str(p.resolve()) for p in files]} for files in group_channel_files(volumes, channel_suffixes)]
+        by_case: dict[str, Path] = {}
+        for path in volumes:
+            other = by_case.setdefault(nifti_stem(path.name), path)
+            if other != path:
+                raise DataError(path, f"same case name as {other.name}: both would be written as one output.")
+        return [{"image": str(p)} for p in volumes]
+    return [{"image": [str(p) for p in files]} for files in group_channel_files(volumes, channel_suffixes)]
 
 
 def channel_suffix_list(channel_suffixes: Sequence[str]) -> list[str]:
