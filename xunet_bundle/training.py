@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import torch
+from ignite.engine import Events
 from ignite.handlers import ProgressBar
 from monai.handlers import CheckpointSaver, from_engine
 
@@ -18,9 +19,11 @@ __all__ = [
     "FinalModelSaver",
     "LossProgressBar",
     "MidEpochCheckpointSaver",
+    "StopOnNonFiniteLoss",
     "attach_handlers",
     "check_output_dirs",
     "latest_checkpoint",
+    "non_finite_tensors",
     "require_checkpoint",
 ]
 
@@ -50,17 +53,72 @@ def latest_checkpoint(folder: str | os.PathLike) -> str:
     return str(max(candidates, key=progress))
 
 
+def non_finite_tensors(state: object, prefix: str = "") -> list[str]:
+    """
+    The names of the floating-point tensors in a (nested) state dict that hold NaN or infinite values.
+
+    Args:
+        state: a tensor, or a mapping or sequence of them (a state dict, a checkpoint of several).
+        prefix: the name of ``state`` itself.
+    """
+    if isinstance(state, torch.Tensor):
+        return [prefix] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    return [name for key, value in items for name in non_finite_tensors(value, f"{prefix}{'.' if prefix else ''}{key}")]
+
+
 def require_checkpoint(path: str | os.PathLike) -> str:
     """
-    Return ``path`` if the model weights are there, so that evaluation and inference stop before reading any data
-    when they are not.
+    Return ``path`` if it holds readable, finite model weights, so that evaluation and inference stop before reading
+    any data when they are missing, unreadable (truncated, not a PyTorch file) or diverged (NaN or infinite values,
+    which would give all-background masks).
 
     Args:
         path: the model weights (``model.pt``).
     """
     if not Path(path).is_file():
         raise DataError(path, "model weights not found: train first, or point --ckpt_dir to a folder with model.pt.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise DataError(path, f"not a readable PyTorch weights file ({type(e).__name__}: {reason}).") from None
+    bad = non_finite_tensors(state)
+    if bad:
+        raise DataError(
+            path, f"{len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]}): the training diverged."
+        )
     return str(path)
+
+
+class StopOnNonFiniteLoss:
+    """
+    Stop training with an error naming the learning rate when the loss becomes NaN or infinite, before any checkpoint
+    or model of the diverged weights is saved (unlike Ignite's ``TerminateOnNan``, which ends the run as a success).
+    List it first among the trainer's handlers.
+    """
+
+    def attach(self, engine) -> None:
+        """
+        Args:
+            engine: the MONAI trainer.
+        """
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        loss = from_engine(["loss"], first=True)(engine.state.output)
+        if not bool(torch.isfinite(torch.as_tensor(loss)).all()):
+            raise DataError(
+                "--learning_rate",
+                f"the training loss became {float(torch.as_tensor(loss).float().mean())} at epoch "
+                f"{engine.state.epoch}, iteration {engine.state.iteration}: the training diverged and was stopped, "
+                "nothing of it saved; lower the learning rate.",
+            )
 
 
 def ensemble_members(network: torch.nn.Module, checkpoints: list[str]) -> list[torch.nn.Module]:
@@ -133,6 +191,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
     the files it saved in this process, so without this every ``--resume`` would leave the checkpoint it resumed
     from behind, and a fresh run in an old run's folder would leave the old run's more advanced checkpoints where
     ``--resume`` would pick them.
+
+    Weights holding NaN or infinite values are never saved: the run stops with an error instead, and the previous
+    files stay in place.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -141,11 +202,38 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True
 
+    def _require_finite(self) -> None:
+        state = {key: obj.state_dict() if hasattr(obj, "state_dict") else obj for key, obj in self.save_dict.items()}
+        bad = non_finite_tensors(state)
+        if bad:
+            raise DataError(
+                self.save_dir,
+                f"{len(bad)} tensors to save hold NaN or infinite values (first: {bad[0]}): the training diverged, "
+                "nothing was saved; lower --learning_rate.",
+            )
+
+    def completed(self, engine) -> None:
+        """
+        Args:
+            engine: the trainer.
+        """
+        self._require_finite()
+        super().completed(engine)
+
+    def metrics_completed(self, engine) -> None:
+        """
+        Args:
+            engine: the evaluator.
+        """
+        self._require_finite()
+        super().metrics_completed(engine)
+
     def interval_completed(self, engine) -> None:
         """
         Args:
             engine: the trainer.
         """
+        self._require_finite()
         super().interval_completed(engine)
         self._remove_untracked_interval_checkpoints()
 
