@@ -9,6 +9,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
+from xunet_bundle.data import DataError
 from xunet_bundle.training import AtomicCheckpointSaver, latest_checkpoint
 
 
@@ -40,7 +41,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint_whole(tmp_path, monkeypa
 
 
 def test_latest_checkpoint_picks_the_most_advanced_training_state(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint_"):
+    with pytest.raises(DataError, match="no checkpoint_"):
         latest_checkpoint(tmp_path)
 
     def save(name: str, iteration: int) -> None:
@@ -55,6 +56,25 @@ def test_latest_checkpoint_picks_the_most_advanced_training_state(tmp_path):
     assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_epoch=10.pt"
     save("checkpoint_iteration=205.pt", 205)  # inside epoch 11
     assert Path(latest_checkpoint(tmp_path)).name == "checkpoint_iteration=205.pt"
+
+
+def test_latest_checkpoint_skips_unreadable_files_and_refuses_another_schedule(tmp_path, caplog):
+    def save(name: str, iteration: int, epochs: int = 60) -> None:
+        state = {"trainer": {"iteration": iteration}, "lr_scheduler": {"T_max": epochs, "last_epoch": iteration // 20}}
+        torch.save(state, tmp_path / name)
+
+    save("checkpoint_epoch=9.pt", 180)
+    save("checkpoint_iteration=190.pt", 190)
+    newest = tmp_path / "checkpoint_iteration=190.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
+    assert Path(latest_checkpoint(tmp_path, epochs=60)).name == "checkpoint_epoch=9.pt"
+    assert "checkpoint_iteration=190.pt: unreadable checkpoint skipped" in caplog.text
+    for epochs in (59, 120):  # the cosine schedule was built for 60 epochs
+        with pytest.raises(DataError, match=r"^--epochs: .*checkpoint_epoch=9\.pt belongs to a run of 60 epochs"):
+            latest_checkpoint(tmp_path, epochs=epochs)
+    (tmp_path / "checkpoint_epoch=9.pt").write_bytes(b"")
+    with pytest.raises(DataError, match="no readable checkpoint"):
+        latest_checkpoint(tmp_path)
 
 
 def test_interval_savers_keep_n_saved_across_restarts(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 from pathlib import Path
@@ -27,30 +28,48 @@ __all__ = [
     "require_checkpoint",
 ]
 
+logger = logging.getLogger(__name__)
 _CHECKPOINT_NAME = re.compile(r"^checkpoint_(epoch|iteration)=\d+\.pt$")
 
 
-def latest_checkpoint(folder: str | os.PathLike) -> str:
+def latest_checkpoint(folder: str | os.PathLike, epochs: int | None = None) -> str:
     """
-    The most advanced training checkpoint (``checkpoint_epoch=N.pt`` or ``checkpoint_iteration=N.pt``) in
-    ``folder``: the one whose saved trainer state has the highest iteration, the newest file on a tie.
+    The most advanced readable training checkpoint (``checkpoint_epoch=N.pt`` or ``checkpoint_iteration=N.pt``) in
+    ``folder``: the one whose saved trainer state has the highest iteration, the newest file on a tie. An unreadable
+    one (truncated by a full disk, say) is skipped with a warning, so the run resumes from the newest good one.
 
     Args:
         folder: the folder the training checkpoints are saved in.
+        epochs: the ``--epochs`` of the resumed run; it must be the checkpoint's, whose learning-rate schedule was
+            built for its number of epochs (None: not checked).
 
     Raises:
-        FileNotFoundError: when there is nothing to resume from.
+        DataError: when there is nothing readable to resume from, or ``epochs`` differs from the checkpoint's run.
     """
     candidates = [p for p in Path(folder).glob("checkpoint_*.pt") if _CHECKPOINT_NAME.match(p.name)]
     if not candidates:
-        raise FileNotFoundError(f"{folder}: no checkpoint_*.pt to resume from; train without --resume first.")
-
-    def progress(path: Path) -> tuple[int, float]:
-        # mmap reads only the trainer's few numbers, not the weights
-        trainer = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["trainer"]
-        return int(trainer["iteration"]), path.stat().st_mtime
-
-    return str(max(candidates, key=progress))
+        raise DataError(folder, "no checkpoint_*.pt to resume from; train without --resume first.")
+    readable = []
+    for path in candidates:
+        try:
+            # mmap reads only what is used, not the weights
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            progress = int(state["trainer"]["iteration"])
+        except Exception as e:
+            logger.warning(f"{path}: unreadable checkpoint skipped ({type(e).__name__})")
+            continue
+        readable.append((progress, path.stat().st_mtime, str(path), state.get("lr_scheduler", {})))
+    if not readable:
+        raise DataError(folder, "no readable checkpoint_*.pt to resume from; train without --resume.")
+    _, _, path, scheduler = max(readable, key=lambda item: item[:2])
+    trained_for = scheduler.get("T_max") if isinstance(scheduler, dict) else None
+    if epochs is not None and trained_for is not None and int(trained_for) != int(epochs):
+        raise DataError(
+            "--epochs",
+            f"{path} belongs to a run of {trained_for} epochs, whose learning-rate schedule spans them; resume it with "
+            f"--epochs {trained_for}, or start a new run (another --output_dir) for {epochs} epochs.",
+        )
+    return path
 
 
 def non_finite_tensors(state: object, prefix: str = "") -> list[str]:
