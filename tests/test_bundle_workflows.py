@@ -31,11 +31,15 @@ ENSEMBLE_EVALUATE = "['configs/train.json','configs/evaluate.json','configs/ense
 
 @pytest.fixture(scope="module")
 def trained(demo_dir, tmp_path_factory) -> Path:
-    """A run of two epochs on the demo data; returns its output folder."""
+    """
+    A run of three epochs on the demo data stopped after two, as an interrupted run is (the trainer's max_epochs set
+    below the schedule's --epochs); returns its output folder.
+    """
     out = tmp_path_factory.mktemp("run")
     run_bundle(
         "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(out),
-        "--ckpt_dir", str(out / "models"), "--epochs", "2", "--num_workers", "0", "--progress", "False",
+        "--ckpt_dir", str(out / "models"), "--epochs", "3", "--train#trainer#max_epochs", "2", "--num_workers", "0",
+        "--progress", "False",
     )  # fmt: skip
     return out
 
@@ -90,6 +94,19 @@ def test_training_resumes_from_its_last_checkpoint(trained, demo_dir):
     assert best_score(trained / "checkpoints" / "checkpoint_epoch=3.pt") >= best_before > 0
 
 
+def test_resume_with_another_number_of_epochs_is_refused(trained, demo_dir, tmp_path):
+    """The checkpoint's cosine schedule spans its run's epochs: extending the run on resume would not rebuild it."""
+    shutil.copytree(trained / "checkpoints", tmp_path / "checkpoints")
+    result = run_bundle(
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(tmp_path),
+        "--ckpt_dir", str(tmp_path / "models"), "--epochs", "5", "--num_workers", "0", "--resume", "True",
+        expect_success=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "error: --epochs: " in result.stderr and "belongs to a run of 3 epochs" in result.stderr
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
 def test_resume_without_checkpoint_fails_clearly(demo_dir, tmp_path):
     result = run_bundle(
         "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(tmp_path),
@@ -118,7 +135,10 @@ def test_compiled_training_saves_the_plain_network_and_resumes(demo_dir, tmp_pat
     env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     args = ["--dataset_dir", str(demo_dir), "--output_dir", str(tmp_path), "--ckpt_dir", str(tmp_path / "models")]
     args += ["--num_workers", "0", "--progress", "False", "--val_interval", "2", "--compile", "True"]
-    run_bundle("run", "training", "--config_file", TRAIN, *args, "--epochs", "1", env=env)
+    # a 2-epoch run stopped after its first epoch, then resumed
+    run_bundle(
+        "run", "training", "--config_file", TRAIN, *args, "--epochs", "2", "--train#trainer#max_epochs", "1", env=env
+    )
     assert any(path.is_file() for path in (tmp_path / "inductor").rglob("*"))
     result = run_bundle("run", "training", "--config_file", TRAIN, *args, "--epochs", "2", "--resume", "True", env=env)
     assert "Restored all variables from" in result.stdout + result.stderr
