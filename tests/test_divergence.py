@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_bundle
 from ignite.engine import Engine
 
+from conftest import run_bundle
 from xunet_bundle import CrossBasicUNet
 from xunet_bundle.data import DataError
 from xunet_bundle.training import StopOnNonFiniteLoss, non_finite_tensors, require_checkpoint
