@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 .venv/bin/python scripts/make_demo_data.py --dst data/demo
+# each demo is a fresh run: an earlier one's logs and checkpoints would mix into its summary (kept with --resume)
+case " $* " in *" --resume "*) ;; *) rm -rf runs/demo ;; esac
 start=$SECONDS
 .venv/bin/python -m monai.bundle run training --config_file configs/train.json \
     --dataset_dir data/demo --output_dir runs/demo --ckpt_dir runs/demo/models --epochs 20 "$@"
