@@ -33,8 +33,11 @@ PLAIN_POSTPROCESSING = {"mirror_axes": [], "foreground_threshold": None, "larges
 
 def _md5(path: str | os.PathLike) -> str | None:
     try:
+        digest = hashlib.md5()
         with open(path, "rb") as f:
-            return hashlib.file_digest(f, "md5").hexdigest()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
     except OSError:
         return None
 
