@@ -22,11 +22,15 @@ __all__ = [
     "AtomicNibabelWriter",
     "CaseNameFormatter",
     "DataError",
+    "OutputWriteError",
     "atomic_path",
     "atomic_write_json",
     "check_output_dirs",
+    "check_output_names",
     "find_volumes",
     "load_split",
+    "read_datalist",
+    "remove_leftovers",
     "nifti_stem",
     "split_patients",
     "write_nifti",
@@ -52,17 +56,48 @@ class DataError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class OutputWriteError(BaseException):
+    """
+    The file system refused to write an output (a full disk, a quota, a file size limit); ``error`` names the file.
+
+    A ``BaseException`` rather than an ``Exception`` so that MONAI's ``SaveImage``, which takes any exception of a
+    writer for a format it cannot write and then reports that no writer fits, passes it on unchanged.
+
+    Args:
+        error: the :class:`DataError` naming the file and the reason.
+    """
+
+    def __init__(self, error: DataError):
+        super().__init__(str(error))
+        self.error = error
+
+
+# temporary files of atomic writes: .<final name>.partial-<pid>-<random><suffixes>
+_PARTIAL_FILE = re.compile(r"^\..+\.partial-(?P<pid>\d+)-")
+# those of Ignite's atomic DiskSaver (checkpoints): tempfile's default names
+_IGNITE_TEMPORARY_FILE = re.compile(r"^tmp[a-z0-9_]{8}$")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     Yield a temporary path beside ``path`` to write to; on success it replaces ``path`` (with the permissions a new
-    file would get), on failure it is removed. A reader never sees a half-written ``path``.
+    file would get), on failure it is removed. A reader never sees a half-written ``path``; a temporary file that a
+    killed process leaves behind is removed by :func:`remove_leftovers` at the next run.
 
     Args:
         path: the final destination; its suffixes (``.nii.gz``) are kept so writers pick the right format.
+
+    Raises:
+        OutputWriteError: naming ``path`` when the file system refuses the write (full disk, quota).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
+    try:
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.partial-{os.getpid()}-", suffix="".join(path.suffixes)
+        )
+    except OSError as e:
+        raise OutputWriteError(DataError(path, f"cannot write the file ({e.strerror}).")) from e
     os.close(fd)
     try:
         yield Path(tmp)
@@ -70,20 +105,59 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputWriteError(DataError(path, f"cannot write the file ({e.strerror}); nothing was written.")) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def check_output_dirs(*folders: str | os.PathLike) -> None:
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_leftovers(folder: str | os.PathLike, checkpoints: bool = False) -> list[Path]:
+    """
+    Remove the temporary files that interrupted runs left in ``folder``: those of :func:`atomic_path` whose process
+    is gone and, with ``checkpoints``, Ignite's (``tmpXXXXXXXX``, whose writer cannot be told: a checkpoint folder
+    belongs to one run at a time).
+
+    Args:
+        folder: an output folder of the run.
+        checkpoints: whether ``folder`` holds checkpoints saved by Ignite.
+
+    Returns:
+        the files removed, each also logged.
+    """
+    removed = []
+    for entry in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        partial = _PARTIAL_FILE.match(entry.name)
+        stale = partial is not None and not _process_alive(int(partial["pid"]))
+        stale = stale or (checkpoints and _IGNITE_TEMPORARY_FILE.match(entry.name) is not None)
+        if stale and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+            logging.getLogger(__name__).warning(f"removed {entry}: a partial file left by an interrupted run")
+    return removed
+
+
+def check_output_dirs(*folders: str | os.PathLike, checkpoints: Sequence[str | os.PathLike] = ()) -> None:
     """
     Create the output folders and check that they are writable, so that a run fails at once with a clear message
-    instead of after its first epoch.
+    instead of after its first epoch; remove what interrupted runs left in them (:func:`remove_leftovers`).
 
     Args:
         folders: folders the run writes to.
+        checkpoints: folders the run saves checkpoints to with Ignite.
     """
-    for folder in folders:
+    for folder in [*folders, *checkpoints]:
         folder = Path(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -94,6 +168,7 @@ def check_output_dirs(*folders: str | os.PathLike) -> None:
                 pass
         except OSError as e:
             raise DataError(folder, f"the output folder is not writable ({e.strerror}).") from e
+        remove_leftovers(folder, checkpoints=str(folder) in map(str, checkpoints))
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> None:
@@ -200,7 +275,7 @@ def split_patients(
 def load_split(datalist: str | os.PathLike, subset: str, fold: int | str = 0) -> list[dict]:
     """
     Read one subset of a datalist written by ``scripts/prepare_lgg.py``, ``scripts/prepare_decathlon.py`` or
-    ``scripts/make_demo_data.py``.
+    ``scripts/make_demo_data.py`` (or by hand in their format), checked by :func:`read_datalist`.
 
     Paths in the datalist are relative to the datalist's folder and are returned absolute.
 
@@ -211,18 +286,10 @@ def load_split(datalist: str | os.PathLike, subset: str, fold: int | str = 0) ->
         fold: the cross-validation fold used for validation; ``"all"`` trains on every fold and leaves the
             validation subset empty (the run's result is then its final model, as for a fixed schedule).
     """
+    if subset not in ("train", "validation", "test", "all"):
+        raise DataError("--eval_subset", f"must be 'train', 'validation', 'test' or 'all', got {subset!r}.")
     datalist = Path(datalist)
-    if not datalist.is_file():
-        raise DataError(
-            datalist,
-            "datalist not found; run scripts/prepare_lgg.py, scripts/prepare_decathlon.py or scripts/make_demo_data.py "
-            "first.",
-        )
-    try:
-        content = json.loads(datalist.read_text())
-        training, testing = content["training"], content.get("testing", [])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataError(datalist, f"not a valid datalist ({e}).") from e
+    training, testing = read_datalist(datalist)
     if subset in ("train", "validation") and not training:
         raise DataError(datalist, f"the '{subset}' subset is empty: the datalist lists no training cases.")
     folds = sorted({item["fold"] for item in training})
@@ -236,13 +303,81 @@ def load_split(datalist: str | os.PathLike, subset: str, fold: int | str = 0) ->
         items = [item for item in training if item["fold"] == fold]
     elif subset == "test":
         items = testing
-    elif subset == "all":
-        items = training + testing
     else:
-        raise ValueError(f"subset must be 'train', 'validation', 'test' or 'all', got {subset!r}.")
+        items = training + testing
     if not items:
         raise DataError(datalist, f"the '{subset}' subset (fold {fold}) is empty.")
     return _resolve_paths(datalist, items)
+
+
+def read_datalist(datalist: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """
+    Read and check a datalist: ``{"training": [{"image": ..., "label": ..., "fold": 0}, ...], "testing": [...]}``,
+    the image a path or a list of paths (one file per channel), paths relative to the datalist's folder.
+
+    Args:
+        datalist: path of ``datalist.json``.
+
+    Returns:
+        ``(training, testing)``, the entries as written.
+
+    Raises:
+        DataError: naming the datalist and the entry when the file is not such a datalist, when an entry lacks its
+            image, label or integer fold, or when a case is listed twice (a test patient in a training fold, say).
+    """
+    datalist = Path(datalist)
+    if not datalist.is_file():
+        raise DataError(
+            datalist,
+            "datalist not found; run scripts/prepare_lgg.py, scripts/prepare_decathlon.py or scripts/make_demo_data.py "
+            "first.",
+        )
+    try:
+        content = json.loads(datalist.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(datalist, f"not a valid datalist (not JSON: {e}).") from e
+    if not isinstance(content, dict) or "training" not in content:
+        raise DataError(datalist, 'not a valid datalist: expected a JSON object with a "training" list.')
+    subsets = {"training": content["training"], "testing": content.get("testing", [])}
+    seen: dict[tuple[str, str], str] = {}
+    for subset, items in subsets.items():
+        if not isinstance(items, list):
+            raise DataError(datalist, f'"{subset}" must be a list of cases, got {type(items).__name__}.')
+        for index, item in enumerate(items):
+            where = f'"{subset}" entry {index}'
+            problem = _entry_problem(item, needs_label_and_fold=subset == "training")
+            if problem:
+                raise DataError(datalist, f"{where} {problem}: {json.dumps(item)[:200]}")
+            for key in ("image", "label"):
+                for path in item[key] if isinstance(item.get(key), list) else [item.get(key)]:
+                    if path is None:
+                        continue
+                    name = nifti_stem(Path(path).name)
+                    if (key, name) in seen:
+                        raise DataError(
+                            datalist,
+                            f"case {name!r} is listed twice ({seen[key, name]} and {where}): a case must appear once, "
+                            "in one training fold or in testing.",
+                        )
+                    seen[key, name] = where
+    return subsets["training"], subsets["testing"]
+
+
+def _entry_problem(item: object, needs_label_and_fold: bool) -> str | None:
+    """What is wrong with a datalist entry, or None."""
+    if not isinstance(item, dict):
+        return "is not an object"
+    image = item.get("image")
+    images = image if isinstance(image, list) else [image]
+    if not images or not all(isinstance(path, str) and path for path in images):
+        return 'has no "image" (a file path, or a list of one file per channel)'
+    label = item.get("label")
+    if (needs_label_and_fold or "label" in item) and not (isinstance(label, str) and label):
+        return 'has no "label" file path'
+    fold = item.get("fold")
+    if needs_label_and_fold and not (isinstance(fold, int) and not isinstance(fold, bool) and fold >= 0):
+        return 'needs an integer "fold" (0, 1, ...)'
+    return None
 
 
 def _resolve_paths(datalist: Path, items: Sequence[Mapping]) -> list[dict]:
@@ -373,6 +508,49 @@ def group_channel_files(files: Sequence[Path], channel_suffixes: Sequence[str]) 
             )
         grouped.append([cases[case][suffix] for suffix in suffixes])
     return grouped
+
+
+def check_output_names(
+    cases: Sequence[Mapping],
+    output_dir: str | os.PathLike,
+    postfixes: Sequence[str] = ("seg",),
+    channel_suffixes: Sequence[str] | None = None,
+) -> None:
+    """
+    Refuse, before anything is written, an inference whose outputs (``<case>_<postfix>.nii.gz`` in ``output_dir``, as
+    :class:`CaseNameFormatter` names them) would replace one of its input files or each other, or land among its
+    inputs.
+
+    Args:
+        cases: the cases, as listed by :func:`find_volumes`.
+        output_dir: the folder outputs are written to.
+        postfixes: the outputs' postfixes (``"seg"``, ``"prob"``).
+        channel_suffixes: the channel suffixes given to :func:`find_volumes`, if any.
+    """
+    files = [
+        Path(path) for case in cases for path in ([case["image"]] if isinstance(case["image"], str) else case["image"])
+    ]
+    inputs = {path.resolve(): path for path in files}
+    if Path(output_dir).resolve() in {path.parent for path in inputs}:
+        raise DataError(
+            "--output_dir",
+            f"{output_dir} is the input folder: a later run on it would read the outputs as images; choose another.",
+        )
+    outputs: dict[Path, Path] = {}
+    for case in cases:
+        first = Path(case["image"] if isinstance(case["image"], str) else case["image"][0])
+        name = case_name(first, channel_suffixes[0]) if channel_suffixes else nifti_stem(first.name)
+        for postfix in postfixes:
+            output = (Path(output_dir) / f"{name}_{postfix}.nii.gz").resolve()
+            if output in inputs:
+                raise DataError(
+                    inputs[output],
+                    f"an output of this run ({output.name}) would replace this input file; choose "
+                    "another --output_dir.",
+                )
+            if output in outputs:
+                raise DataError(first, f"same output name as {outputs[output]}: {output}.")
+            outputs[output] = first
 
 
 class CaseNameFormatter:

@@ -14,7 +14,7 @@ from monai.utils import ensure_tuple_rep
 
 from .fusion import add_conv_nearest_upsampled, conv_nd, nearest_resized_mean
 
-__all__ = ["FUSIONS", "CrossBasicUNet", "UpCatAll", "adaptive_max_pool", "match_spatial_size"]
+__all__ = ["FUSIONS", "MIN_SPATIAL_SIZE", "CrossBasicUNet", "UpCatAll", "adaptive_max_pool", "match_spatial_size"]
 
 
 def match_spatial_size(x: torch.Tensor, size: list[int]) -> torch.Tensor:
@@ -37,6 +37,9 @@ def match_spatial_size(x: torch.Tensor, size: list[int]) -> torch.Tensor:
 
 
 FUSIONS = ("concat", "attention", "projected")
+
+# four 2x poolings must leave at least two voxels per axis, the fewest that instance norm can normalise
+MIN_SPATIAL_SIZE = 32
 
 
 def adaptive_max_pool(x: torch.Tensor, size: list[int]) -> torch.Tensor:
@@ -204,7 +207,9 @@ class CrossBasicUNet(nn.Module):
     """
     XUNet: a BasicUNet whose every decoder stage fuses all five encoder features (full-scale skip connections).
 
-    The output has the spatial size of the input for any input size; sizes divisible by 16 avoid padding.
+    The output has the spatial size of the input for any input size; sizes divisible by 16 avoid padding. An input
+    smaller than ``MIN_SPATIAL_SIZE`` (32) along an axis is zero-padded to it (zero is the background of an image
+    normalised with ``NormalizeIntensity(nonzero=True)``) and its output cropped back.
 
     Example::
 
@@ -268,6 +273,7 @@ class CrossBasicUNet(nn.Module):
 
         self.final_conv = Conv["conv", spatial_dims](fea[5], out_channels, kernel_size=1)
         self.fast_fusion = fast_fusion
+        self.min_spatial_size = MIN_SPATIAL_SIZE
 
     @property
     def fast_fusion(self) -> bool:
@@ -286,6 +292,18 @@ class CrossBasicUNet(nn.Module):
         Returns:
             logits of shape ``(batch, out_channels, *spatial)``.
         """
+        size = x.shape[2:]
+        pads: list[int] = []
+        for dim in range(len(size) - 1, -1, -1):
+            pads += [0, max(self.min_spatial_size - size[dim], 0)]
+        if any(p != 0 for p in pads):
+            logits = self._forward(F.pad(x, pads))
+            if len(size) == 2:
+                return logits[:, :, : size[0], : size[1]]
+            return logits[:, :, : size[0], : size[1], : size[2]]
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x0 = self.conv_0(x)
         x1 = self.down_1(x0)
         x2 = self.down_2(x1)

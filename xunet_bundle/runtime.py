@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from .data import DataError
+from .data import DataError, OutputWriteError
 
 __all__ = [
     "FreshRunLogFilter",
@@ -111,7 +111,8 @@ def autocast_on_cpu(network: torch.nn.Module, enabled: bool, device: torch.devic
 
 def report_data_errors_briefly() -> None:
     """
-    Make a run that stops on a :class:`~xunet_bundle.data.DataError` end with that error's one line (``error: <file>:
+    Make a run that stops on a :class:`~xunet_bundle.data.DataError` (or an
+    :class:`~xunet_bundle.data.OutputWriteError`) end with that error's one line (``error: <file>:
     <problem>``) on stderr instead of a traceback through MONAI's config machinery, which wraps the error in
     ``RuntimeError: Failed to evaluate ...``. Other exceptions, and every exception when the environment variable
     ``XUNET_TRACEBACK=1`` is set, keep Python's usual report. It only changes ``sys.excepthook``, which applies to
@@ -125,7 +126,7 @@ def report_data_errors_briefly() -> None:
         cause, seen = exc, set()
         while cause is not None and not isinstance(cause, DataError) and id(cause) not in seen:
             seen.add(id(cause))
-            cause = cause.__cause__ or cause.__context__
+            cause = cause.error if isinstance(cause, OutputWriteError) else cause.__cause__ or cause.__context__
         if isinstance(cause, DataError) and os.environ.get("XUNET_TRACEBACK") != "1":
             print(f"error: {cause}", file=sys.stderr)
         else:

@@ -91,14 +91,17 @@ def non_finite_tensors(state: object, prefix: str = "") -> list[str]:
     return [name for key, value in items for name in non_finite_tensors(value, f"{prefix}{'.' if prefix else ''}{key}")]
 
 
-def require_checkpoint(path: str | os.PathLike) -> str:
+def require_checkpoint(path: str | os.PathLike, network: torch.nn.Module | None = None) -> str:
     """
-    Return ``path`` if it holds readable, finite model weights, so that evaluation and inference stop before reading
-    any data when they are missing, unreadable (truncated, not a PyTorch file) or diverged (NaN or infinite values,
-    which would give all-background masks).
+    Return ``path`` if it holds readable, finite model weights that fit ``network``, so that evaluation and inference
+    stop before reading any data when they are missing, unreadable (truncated, not a PyTorch file), diverged (NaN or
+    infinite values, which would give all-background masks) or made for another network (3D weights for the 2D
+    config, another number of channels or classes, missing layers).
 
     Args:
-        path: the model weights (``model.pt``).
+        path: the model weights (``model.pt``): a state dict, or a checkpoint holding one under ``"model"``.
+        network: the network the weights will be loaded into (its ``module`` when wrapped in DistributedDataParallel);
+            None checks readability and finiteness only.
     """
     if not Path(path).is_file():
         raise DataError(path, "model weights not found: train first, or point --ckpt_dir to a folder with model.pt.")
@@ -107,12 +110,45 @@ def require_checkpoint(path: str | os.PathLike) -> str:
     except Exception as e:
         reason = (str(e).strip().splitlines() or [""])[0][:200]
         raise DataError(path, f"not a readable PyTorch weights file ({type(e).__name__}: {reason}).") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(path, "not a model state dict (a mapping of layer names to tensors).")
     bad = non_finite_tensors(state)
     if bad:
         raise DataError(
             path, f"{len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]}): the training diverged."
         )
+    if network is not None:
+        mismatch = state_dict_mismatch(state, getattr(network, "module", network).state_dict())
+        if mismatch:
+            raise DataError(path, f"the weights do not fit this network ({mismatch}); check --ckpt_dir and the config.")
     return str(path)
+
+
+def state_dict_mismatch(saved: dict, expected: dict) -> str | None:
+    """
+    How a saved state dict differs from a network's (missing or unexpected layers, other shapes), in a few words, or
+    None when it fits.
+
+    Args:
+        saved: the state dict read from a file.
+        expected: the state dict of the network it is to be loaded into.
+    """
+    missing = [key for key in expected if key not in saved]
+    unexpected = [key for key in saved if key not in expected]
+    reshaped = [key for key in expected if key in saved and tuple(saved[key].shape) != tuple(expected[key].shape)]
+    if reshaped:
+        key = reshaped[0]
+        return (
+            f"{len(reshaped)} tensors of another shape, first {key}: {tuple(saved[key].shape)} in the file, "
+            f"{tuple(expected[key].shape)} in the network"
+        )
+    if missing:
+        return f"{len(missing)} layers missing, first {missing[0]}"
+    if unexpected:
+        return f"{len(unexpected)} unexpected layers, first {unexpected[0]}"
+    return None
 
 
 class StopOnNonFiniteLoss:
@@ -149,10 +185,14 @@ def ensemble_members(network: torch.nn.Module, checkpoints: list[str]) -> list[t
         network: the network the checkpoints were trained as.
         checkpoints: the members' weights (``model.pt`` files); each must exist.
     """
-    if len(checkpoints) < 2:
-        raise ValueError(f"an ensemble needs at least two checkpoints, got {len(checkpoints)}: {checkpoints}")
+    if not isinstance(checkpoints, (list, tuple)) or len(checkpoints) < 2:
+        raise DataError(
+            "--ensemble_checkpoints", f"an ensemble needs a list of at least two model files, got {checkpoints!r}."
+        )
+    if len(set(map(str, checkpoints))) != len(checkpoints):
+        raise DataError("--ensemble_checkpoints", f"a model file is listed twice: {checkpoints}.")
     for path in checkpoints:
-        require_checkpoint(path)
+        require_checkpoint(path, network)
     return [copy.deepcopy(network) for _ in checkpoints]
 
 
@@ -231,29 +271,39 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 "nothing was saved; lower --learning_rate.",
             )
 
+    def _save(self, save, engine) -> None:
+        """Run one of ``CheckpointSaver``'s save methods, refusing non-finite weights and reporting a failed write."""
+        self._require_finite()
+        try:
+            save(engine)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError ("file write failed")
+            if not isinstance(e, OSError) and "write" not in str(e):
+                raise
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+            raise DataError(
+                self.save_dir, f"cannot save a checkpoint ({reason}): is the disk full? The previous files are kept."
+            ) from e
+
     def completed(self, engine) -> None:
         """
         Args:
             engine: the trainer.
         """
-        self._require_finite()
-        super().completed(engine)
+        self._save(super().completed, engine)
 
     def metrics_completed(self, engine) -> None:
         """
         Args:
             engine: the evaluator.
         """
-        self._require_finite()
-        super().metrics_completed(engine)
+        self._save(super().metrics_completed, engine)
 
     def interval_completed(self, engine) -> None:
         """
         Args:
             engine: the trainer.
         """
-        self._require_finite()
-        super().interval_completed(engine)
+        self._save(super().interval_completed, engine)
         self._remove_untracked_interval_checkpoints()
 
     def _remove_untracked_interval_checkpoints(self) -> None:

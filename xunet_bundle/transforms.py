@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -14,6 +17,8 @@ from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform
 from .data import DataError
 
 __all__ = ["CheckCased", "check_cases"]
+
+logger = logging.getLogger(__name__)
 
 
 def source_file(data: object) -> str:
@@ -111,19 +116,26 @@ def check_cases(
     num_classes: int = 2,
     image_key: str = "image",
     label_key: str = "label",
+    require_label: bool = False,
 ) -> None:
     """
     Read every case once before a run starts, so that a bad file stops the run at once with a single
     :class:`~xunet_bundle.data.DataError` naming the file and the problem, before any output is written (inside a
     dataset, MONAI would report it wrapped in a transform error, and possibly after hours of training).
 
+    Besides what :class:`CheckCased` checks, each file's header must hold a finite, invertible voxel-to-world affine
+    (MONAI's reader would replace a NaN one by the identity, and the writer fails on a singular one), and a label must
+    lie on its image's voxel grid (same affine: spacing, origin and orientation). An image that is constant (all
+    zero, say) in a channel is accepted with a warning naming the file: its segmentation means nothing.
+
     Args:
-        cases: items of a datalist, ``{"image": path, "label": path}`` (the label is optional); the image may be a
-            list of paths, one single-channel file per channel, which must share their spatial size and affine.
+        cases: items of a datalist, ``{"image": path, "label": path}``; the image may be a list of paths, one
+            single-channel file per channel, which must share their spatial size and affine.
         num_channels: expected number of image channels.
         num_classes: labels must lie in ``0 .. num_classes - 1``.
         image_key: key of the image path.
         label_key: key of the label path.
+        require_label: every case must have a label (training, evaluation).
     """
     load = LoadImage(image_only=True)
     channel_first = EnsureChannelFirst()
@@ -133,14 +145,23 @@ def check_cases(
     def read(path: Path, key: str) -> MetaTensor:
         if not path.is_file():
             raise DataError(path, f"{key} file not found.")
+        affine = _header_affine(path, key)
         try:
-            return channel_first(load(path))
+            data = channel_first(load(path))
         except Exception as e:  # readers raise anything from EOFError to zlib.error on damaged files
             raise DataError(path, f"cannot read the {key} ({type(e).__name__}: {e}).") from e
+        if affine is not None:
+            data.meta["header_affine"] = affine
+        return data
 
     for case in cases:
         if image_key not in case:
             raise DataError("<datalist>", f"a case has no {image_key!r} entry: {dict(case)}.")
+        if require_label and label_key not in case:
+            raise DataError(
+                case[image_key] if isinstance(case[image_key], str) else case[image_key][0],
+                f"this case has no {label_key!r} in the datalist; training and evaluation need one.",
+            )
         loaded = {}
         if isinstance(case[image_key], (list, tuple)):
             paths = [Path(path) for path in case[image_key]]
@@ -152,11 +173,61 @@ def check_cases(
             for path, channel in zip(paths[1:], channels[1:]):
                 _check_same_grid(path, channel, paths[0], channels[0])
             loaded[image_key] = torch.cat(channels)
+            image_path = paths[0]
         else:
-            loaded[image_key] = read(Path(case[image_key]), image_key)
+            image_path = Path(case[image_key])
+            loaded[image_key] = read(image_path, image_key)
         if label_key in case:
-            loaded[label_key] = read(Path(case[label_key]), label_key)
+            label_path = Path(case[label_key])
+            loaded[label_key] = read(label_path, label_key)
+            _check_label_grid(label_path, loaded[label_key], image_path, loaded[image_key])
         check(loaded)
+        _warn_if_constant(image_path, loaded[image_key])
+
+
+def _header_affine(path: Path, key: str) -> np.ndarray | None:
+    """
+    The voxel-to-world affine in a NIfTI file's header, checked finite and invertible; None for other formats.
+    """
+    if not path.name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        affine = np.asarray(nib.load(path).affine, dtype=np.float64)
+    except Exception as e:
+        raise DataError(path, f"cannot read the {key}'s header ({type(e).__name__}: {e}).") from e
+    if not np.isfinite(affine).all():
+        raise DataError(path, "the header's voxel-to-world affine (sform/qform) holds NaN or infinite values.")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError(path, "the header's voxel-to-world affine (sform/qform) is singular (a voxel size of 0).")
+    return affine
+
+
+def _check_label_grid(label_path: Path, label: torch.Tensor, image_path: Path, image: torch.Tensor) -> None:
+    """Raise a DataError naming the label when its header places it elsewhere than its image."""
+    label_affine = label.meta.get("header_affine") if isinstance(label, MetaTensor) else None
+    image_affine = image.meta.get("header_affine") if isinstance(image, MetaTensor) else None
+    if label_affine is None or image_affine is None or np.allclose(label_affine, image_affine, atol=1e-4):
+        return
+    label_spacing = np.linalg.norm(label_affine[:3, :3], axis=0).round(4).tolist()
+    image_spacing = np.linalg.norm(image_affine[:3, :3], axis=0).round(4).tolist()
+    raise DataError(
+        label_path,
+        f"the label's affine differs from its image's ({image_path.name}): spacing {label_spacing} vs "
+        f"{image_spacing}, origin {label_affine[:3, 3].round(4).tolist()} vs {image_affine[:3, 3].round(4).tolist()}"
+        "; a label must lie on its image's voxel grid (resample it first).",
+    )
+
+
+def _warn_if_constant(path: Path, image: torch.Tensor) -> None:
+    """Warn, naming the file, when a channel of ``image`` holds one value only: no network output means much there."""
+    flat = image.reshape(image.shape[0], -1)
+    constant = [c for c in range(flat.shape[0]) if bool((flat[c] == flat[c, 0]).all())]
+    if constant:
+        value = float(flat[constant[0], 0])
+        logger.warning(
+            f"{path}: channel(s) {constant} hold a single value ({value:g}): the image is empty or constant, "
+            "so its segmentation is meaningless."
+        )
 
 
 def _check_same_grid(path: Path, channel: torch.Tensor, first_path: Path, first: torch.Tensor) -> None:

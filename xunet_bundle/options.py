@@ -1,0 +1,103 @@
+"""Checks of the command-line options of the bundle's workflows, run before anything is read or written."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+from .data import DataError
+
+__all__ = ["OPTION_RULES", "check_options"]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(value: object) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _non_negative_int(value: object) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _boolean(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _probability_or_none(value: object) -> bool:
+    return value is None or (_positive_number(value) and value <= 1.0)
+
+
+def _volume_axes(value: object) -> bool:
+    """Distinct axes of a volume (0, 1 or 2): the volumes are 3D for the 2D network too, which segments its slices."""
+    if not isinstance(value, (list, tuple)) or not all(_is_int(axis) and 0 <= axis <= 2 for axis in value):
+        return False
+    return len(set(value)) == len(value)
+
+
+def _roi_size(value: object) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) in (2, 3)
+        and all(_is_int(s) and (s > 0 or s == -1) for s in value)
+    )
+
+
+def _fold(value: object) -> bool:
+    return value == "all" or _non_negative_int(value)
+
+
+def _subset(value: object) -> bool:
+    return value in ("train", "validation", "test", "all")
+
+
+# option -> (test of its value, what the value must be)
+OPTION_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "epochs": (_positive_int, "a positive integer"),
+    "val_interval": (_positive_int, "a positive integer (validate every N epochs)"),
+    "volumes_per_batch": (_positive_int, "a positive integer"),
+    "slices_per_volume": (_positive_int, "a positive integer"),
+    "sw_batch_size": (_positive_int, "a positive integer"),
+    "checkpoint_iterations": (_is_int, "an integer (0 or less: no mid-epoch checkpoints)"),
+    "num_workers": (_non_negative_int, "a non-negative integer"),
+    "seed": (_non_negative_int, "a non-negative integer"),
+    "learning_rate": (_positive_number, "a finite positive number"),
+    "foreground_threshold": (_probability_or_none, "None (argmax) or a foreground probability in (0, 1]"),
+    "mirror_axes": (_volume_axes, "a list of distinct volume axes among 0, 1 and 2, such as [] or [1]"),
+    "roi_size": (_roi_size, "a list of 2 (2D) or 3 (3D) sizes, each positive or -1 (the whole axis)"),
+    "fold": (_fold, "a fold number (0, 1, ...) or 'all'"),
+    "eval_subset": (_subset, "one of 'train', 'validation', 'test' or 'all'"),
+    "amp": (_boolean, "True or False"),
+    "compile": (_boolean, "True or False"),
+    "progress": (_boolean, "True or False"),
+    "resume": (_boolean, "True or False"),
+    "check_data": (_boolean, "True or False"),
+    "tune_malloc": (_boolean, "True or False"),
+    "largest_component": (_boolean, "True or False"),
+    "save_probabilities": (_boolean, "True or False"),
+}
+
+
+def check_options(options: Mapping[str, object]) -> None:
+    """
+    Check the options a workflow was given (``--epochs 0``, ``--learning_rate nan``, ``--mirror_axes "[3]"``...)
+    before it reads or writes anything, so that a bad value ends the run with one line naming the option instead of a
+    traceback, or a run that does something else than asked.
+
+    Args:
+        options: option name (the config id, as given on the command line without ``--``) -> its value. Names
+            without a rule in :data:`OPTION_RULES` are not checked.
+
+    Raises:
+        DataError: naming the first option whose value is not allowed, what it got and what it must be.
+    """
+    for name, value in options.items():
+        rule = OPTION_RULES.get(name)
+        if rule is not None and not rule[0](value):
+            raise DataError(f"--{name}", f"must be {rule[1]}, got {value!r}.")
