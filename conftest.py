@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -35,19 +36,36 @@ def require_shared(path: Path, what: str = "the real data") -> Path:
 
 
 def run_bundle(
-    *args: str, nproc: int = 1, expect_success: bool = True, env: dict[str, str] | None = None
+    *args: str,
+    nproc: int = 1,
+    expect_success: bool = True,
+    env: dict[str, str] | None = None,
+    file_size_limit: int | None = None,
 ) -> subprocess.CompletedProcess:
     """
     Run ``python -m monai.bundle ARGS`` from the bundle root, in ``nproc`` processes through ``torchrun`` when
     ``nproc > 1``; by default fail the test with the command's output when it fails. Modules in ``tests/`` can be
-    imported by the configs. ``env`` adds environment variables.
+    imported by the configs. ``env`` adds environment variables. ``file_size_limit`` (bytes) makes the kernel refuse
+    to write any file beyond that size, as a full disk would (Python ignores SIGXFSZ, so writes fail with EFBIG).
     """
     env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
     command = [sys.executable, "-m", "monai.bundle", *args]
     if nproc > 1:
         env["OMP_NUM_THREADS"] = "1"  # the processes share the machine's cores
         command[1:1] = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    result = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        preexec_fn=limit_file_size if file_size_limit else None,
+    )
     if expect_success:
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result

@@ -251,11 +251,297 @@ def two_channels_in_a_channel_file(data, case):
     return rewrite(pre_contrast, lambda a: np.stack([a, a], axis=-1)), CHANNEL_SUFFIXES
 
 
+# --- datalists ---------------------------------------------------------------------------------------------------
+
+
+def edit_datalist(data: Path, change: Callable[[dict], object]) -> Path:
+    """Apply ``change`` to the datalist's content (in place, or returning a replacement); return the datalist."""
+    path = data / "datalist.json"
+    content = json.loads(path.read_text())
+    replaced = change(content)
+    path.write_text(json.dumps(replaced if isinstance(replaced, (dict, list)) else content))
+    return path
+
+
+def held_out_patient_in_a_training_fold(data, case):
+    def change(content):
+        content["training"][0].update({k: content["testing"][0][k] for k in ("image", "label")})
+
+    return edit_datalist(data, change)
+
+
+def duplicated_training_entry(data, case):
+    return edit_datalist(data, lambda content: content["training"].append(dict(content["training"][-1])))
+
+
+def duplicated_test_entry(data, case):
+    return edit_datalist(data, lambda content: content["testing"].append(dict(content["testing"][0])))
+
+
+def entry_without_fold(data, case):
+    return edit_datalist(data, lambda content: content["training"][0].pop("fold"))
+
+
+def string_fold(data, case):
+    return edit_datalist(data, lambda content: content["training"][0].update(fold="0"))
+
+
+def training_as_object(data, case):
+    return edit_datalist(data, lambda content: {"training": {"case": content["training"][0]}})
+
+
+def null_image(data, case):
+    return edit_datalist(data, lambda content: content["training"][0].update(image=None))
+
+
+def training_entry_without_label(data, case):
+    return edit_datalist(data, lambda content: content["training"][0].pop("label"))
+
+
+def label_missing_from_a_testing_entry(data, case):
+    edit_datalist(data, lambda content: content["testing"][0].pop("label"))
+    return case["image"]
+
+
+def datalist_not_an_object(data, case):
+    return edit_datalist(data, lambda content: content["training"])
+
+
+def datalist_not_json(data, case):
+    path = data / "datalist.json"
+    path.write_text(path.read_text()[:50])
+    return path
+
+
+# --- weights -------------------------------------------------------------------------------------------------------
+
+
+def bad_model(data: Path, write: Callable[[Path], None]) -> tuple[Path, tuple[str, str]]:
+    """A model folder beside the data whose ``model.pt`` is written by ``write``; pointed to by ``--ckpt_dir``."""
+    folder = data.parent / "bad_models"
+    folder.mkdir()
+    write(folder / "model.pt")
+    return folder / "model.pt", ("--ckpt_dir", str(folder))
+
+
+def truncated_model(data, case):
+    def write(path):
+        torch.save(CrossBasicUNet().state_dict(), path)
+        path.write_bytes(path.read_bytes()[:100_000])
+
+    return bad_model(data, write)
+
+
+def empty_model(data, case):
+    return bad_model(data, lambda path: path.write_bytes(b""))
+
+
+def model_of_3d_network(data, case):
+    return bad_model(data, lambda path: torch.save(CrossBasicUNet(spatial_dims=3).state_dict(), path))
+
+
+def model_missing_a_layer(data, case):
+    def write(path):
+        state = CrossBasicUNet().state_dict()
+        state.pop("final_conv.weight")
+        torch.save(state, path)
+
+    return bad_model(data, write)
+
+
+def model_of_nan_weights(data, case):
+    def write(path):
+        torch.save({k: torch.full_like(v, float("nan")) for k, v in CrossBasicUNet().state_dict().items()}, path)
+
+    return bad_model(data, write)
+
+
+class RunsCode:
+    """An object whose unpickling runs a command: a model file must never be unpickled unsafely."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def malicious_model(data, case):
+    return bad_model(data, lambda path: torch.save({"weight": RunsCode(data.parent / "pwned")}, path))
+
+
+# --- options -------------------------------------------------------------------------------------------------------
+
+
+def option(name: str, value: str) -> Callable:
+    """A damage that only sets the command-line option ``--name value``; the error must name the option."""
+
+    def set_option(data, case):
+        return f"--{name}", (f"--{name}", value)
+
+    set_option.__name__ = f"{name}_{re.sub(r'[^A-Za-z0-9]+', '_', value).strip('_')}"
+    return set_option
+
+
+def diverging_learning_rate(data, case):
+    return "--learning_rate", [("--learning_rate", "1e20"), ("--fold", "all")]
+
+
+def resume_from_truncated_checkpoint(data, case):
+    folder = data.parent / "out" / "checkpoints"
+    folder.mkdir(parents=True)
+    path = folder / "checkpoint_epoch=1.pt"
+    path.write_bytes(os.urandom(5000))
+    return folder, ("--resume", "True")
+
+
+def resume_from_malicious_checkpoint(data, case):
+    folder = data.parent / "out" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"trainer": RunsCode(data.parent / "pwned")}, folder / "checkpoint_epoch=1.pt")
+    return folder, ("--resume", "True")
+
+
+# --- geometry and sizes --------------------------------------------------------------------------------------------
+
+
+def with_header_field(path: Path, field: str, value) -> Path:
+    """Rewrite a NIfTI file with one header field changed, bypassing nibabel's checks of the affine."""
+    image = nib.load(path)
+    header = image.header.copy()
+    header[field] = value
+    header["qform_code"] = 0
+    header["sform_code"] = 1
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), None, header), path)
+    return path
+
+
+def nan_affine(data, case):
+    return with_header_field(case["image"], "srow_x", [np.nan, 0.0, 0.0, 0.0])
+
+
+def singular_affine(data, case):
+    return with_header_field(case["image"], "srow_y", [0.0, 0.0, 0.0, 0.0])
+
+
+def moved_label(data: Path, path: Path, change: np.ndarray) -> Path:
+    image = nib.load(path)
+    write_nifti(np.asarray(image.dataobj), image.affine @ change, path)
+    return path
+
+
+def label_spacing_differs(data, case):
+    return moved_label(data, case["label"], np.diag([2.0, 2.0, 1.0, 1.0]))
+
+
+def label_flipped(data, case):
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = nib.load(case["label"]).shape[0] - 1
+    return moved_label(data, case["label"], flip)
+
+
+def label_shifted(data, case):
+    return moved_label(data, case["label"], np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3.0], [0, 0, 0, 1]]))
+
+
+def in_plane(rows: int, cols: int) -> Callable:
+    """Valid input: every volume cropped to ``rows x cols`` in plane, below the network's 32 x 32 minimum."""
+
+    def crop(data, case):
+        for folder in ("imagesTr", "labelsTr"):
+            for path in (data / folder).glob("*.nii.gz"):
+                rewrite(path, lambda a: a[10 : 10 + rows, 10 : 10 + cols])
+
+    crop.__name__ = f"in_plane_{rows}x{cols}"
+    return crop
+
+
+def channel_file_with_trailing_axis(data, case):
+    channels = store_one_file_per_channel(data)[0]
+    rewrite(channels[1], lambda a: a[..., None])
+    return None, CHANNEL_SUFFIXES
+
+
+# --- files ---------------------------------------------------------------------------------------------------------
+
+
+def fifo_among_images(data, case):
+    path = data / "imagesTr" / "stray.nii.gz"
+    os.mkfifo(path)
+    return path
+
+
+def fifo_as_label(data, case):
+    path = case["label"]
+    path.unlink()
+    os.mkfifo(path)
+    return path
+
+
+def dangling_link(data, case):
+    path = data / "imagesTr" / "gone.nii.gz"
+    path.symlink_to(data / "nowhere.nii.gz")
+    return path
+
+
+def same_case_two_extensions(data, case):
+    image = nib.load(case["image"])
+    path = case["image"].with_name(case["image"].name.replace(".nii.gz", ".nii"))
+    write_nifti(np.asarray(image.dataobj)[::-1].copy(), image.affine, path)
+    return path
+
+
+def output_into_input_folder(data, case):
+    return "--output_dir", ("--output_dir", str(data / "imagesTr"))
+
+
+def full_disk_for_probabilities(data, case):
+    return data.parent / "out", ("--save_probabilities", "True")
+
+
+def full_disk_for_checkpoints(data, case):
+    return data.parent / "out", ("--epochs", "1")  # the model (out/models) or a checkpoint (out/checkpoints)
+
+
+# --- leftovers and out-of-distribution input -----------------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def partial_files_of_killed_runs(data, case):
+    out = data.parent / "out"
+    out.mkdir()
+    pid = dead_pid()
+    for name in ("demo_000_seg.nii.gz", "demo_001_prob.nii.gz"):
+        (out / f".{name}.partial-{pid}-x1y2z3.nii.gz").write_bytes(b"\x1f\x8b truncated")
+
+
+def partial_checkpoint_of_killed_run(data, case):
+    checkpoints = data.parent / "out" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "tmpab12cd34").write_bytes(b"PK truncated")
+
+
+def all_zero_image(data, case):
+    return rewrite(case["image"], np.zeros_like)
+
+
+def constant_image(data, case):
+    return rewrite(case["image"], lambda a: np.full_like(a, 7))
+
+
 @dataclass
 class Case:
     stage: str
     damage: Callable
     problem: str | None  # None: valid input that must work
+    warns: str | None = None  # valid input: a warning, naming the file the damage returns, that the run must log
+    file_size_limit: int | None = None  # bytes; the kernel refuses larger writes, as on a full disk
 
     def __str__(self) -> str:
         return f"{self.stage}-{self.damage.__name__}"
@@ -304,13 +590,79 @@ CASES = [
     Case("inference", not_divisible_by_16, None),
     Case("inference", one_slice_volume, None),
     Case("inference", unusual_dtypes, None),
+    # 1. silent loss or wrong results
+    Case("inference", same_case_two_extensions, "same case name as"),
+    Case("inference", output_into_input_folder, "is the input folder"),
+    Case("train", held_out_patient_in_a_training_fold, "is listed twice"),
+    Case("train", duplicated_training_entry, "is listed twice"),
+    Case("evaluate", duplicated_test_entry, "is listed twice"),
+    Case("train", diverging_learning_rate, "the training loss became (nan|inf)|hold NaN or infinite values"),
+    Case("evaluate", model_of_nan_weights, "hold NaN or infinite values"),
+    Case("inference", model_of_nan_weights, "hold NaN or infinite values"),
+    Case("inference", nan_affine, "affine .* holds NaN or infinite values"),
+    Case("train", label_spacing_differs, "the label's affine differs from its image's"),
+    Case("evaluate", label_flipped, "the label's affine differs from its image's"),
+    Case("train", label_shifted, "the label's affine differs from its image's"),
+    Case("inference", dangling_link, "a symbolic link whose target does not exist"),
+    # 2. what would crash later, after outputs were written
+    Case("inference", channel_file_with_trailing_axis, None),
+    Case("inference", singular_affine, "affine .* is singular"),
+    Case("evaluate", singular_affine, "affine .* is singular"),
+    Case("inference", in_plane(1, 1), None),
+    Case("inference", in_plane(3, 3), None),
+    Case("inference", in_plane(1, 32), None),
+    Case("train", in_plane(5, 7), None),
+    Case("train", training_entry_without_label, 'has no "label" file path'),
+    Case("evaluate", label_missing_from_a_testing_entry, "has no 'label' in the datalist"),
+    # 3. resource bounds: only regular files are read
+    Case("inference", fifo_among_images, "not a regular file"),
+    Case("train", fifo_as_label, "not a regular file"),
+    # 4. one line instead of a traceback
+    Case("evaluate", truncated_model, "not a readable PyTorch weights file"),
+    Case("inference", empty_model, "not a readable PyTorch weights file"),
+    Case("inference", model_of_3d_network, "the weights do not fit this network .*another shape"),
+    Case("evaluate", model_missing_a_layer, "the weights do not fit this network .*layers missing"),
+    Case("inference", malicious_model, "not a readable PyTorch weights file"),
+    Case("train", resume_from_truncated_checkpoint, "no readable checkpoint"),
+    Case("train", resume_from_malicious_checkpoint, "no readable checkpoint"),
+    Case("train", entry_without_fold, 'needs an integer "fold"'),
+    Case("train", string_fold, 'needs an integer "fold"'),
+    Case("train", training_as_object, '"training" must be a list of cases, got dict'),
+    Case("train", null_image, 'has no "image"'),
+    Case("evaluate", datalist_not_an_object, "expected a JSON object"),
+    Case("train", datalist_not_json, "not a valid datalist"),
+    Case("train", option("epochs", "0"), "must be a positive integer, got 0"),
+    Case("train", option("epochs", "-1"), "must be a positive integer, got -1"),
+    Case("train", option("epochs", "2.5"), "must be a positive integer, got 2.5"),
+    Case("train", option("volumes_per_batch", "0"), "must be a positive integer"),
+    Case("train", option("slices_per_volume", "0"), "must be a positive integer"),
+    Case("train", option("val_interval", "0"), "must be a positive integer"),
+    Case("train", option("learning_rate", "nan"), "must be a finite positive number"),
+    Case("train", option("learning_rate", "-0.1"), "must be a finite positive number"),
+    Case("train", option("mirror_axes", "[3]"), "must be a list of distinct volume axes"),
+    Case("train", option("fold", "7"), "fold 7 is not in the datalist"),
+    Case("train", option("resume", "yes"), "must be True or False"),
+    Case("evaluate", option("foreground_threshold", "0"), r"a foreground probability in \(0, 1\]"),
+    Case("evaluate", option("eval_subset", "everything"), "must be one of 'train', 'validation', 'test' or 'all'"),
+    Case("inference", option("foreground_threshold", "1.5"), r"a foreground probability in \(0, 1\]"),
+    Case("inference", option("sw_batch_size", "0"), "must be a positive integer"),
+    Case("inference", option("roi_size", "[0,0]"), "each positive or -1"),
+    Case("inference", option("mirror_axes", "[1,1]"), "must be a list of distinct volume axes"),
+    Case("inference", full_disk_for_probabilities, "cannot write the file", file_size_limit=30_000),
+    Case("train", full_disk_for_checkpoints, "cannot save a checkpoint", file_size_limit=1_000_000),
+    # 5. leftovers of interrupted runs are removed by the next run
+    Case("inference", partial_files_of_killed_runs, None),
+    Case("train", partial_checkpoint_of_killed_run, None),
+    # 6. out-of-distribution input: segmented, with a warning naming the file
+    Case("inference", all_zero_image, None, warns="hold a single value"),
+    Case("inference", constant_image, None, warns="hold a single value"),
 ]
 
 
 def command(stage: str, data: Path, out: Path, model_dir: Path) -> list[str]:
     if stage == "prepare":
         return [str(REPO_ROOT / "scripts" / "prepare_lgg.py"), "--src", str(data), "--dst", str(out),
-                "--on_error", "stop"]  # fmt: skip
+                "--on_error", "stop", "--num_folds", "2"]  # fmt: skip
     if stage == "train":
         return [
             "run", "training", "--config_file", TRAIN, "--dataset_dir", str(data), "--output_dir", str(out),
@@ -344,10 +696,15 @@ def check_outputs(stage: str, data: Path, out: Path) -> None:
         assert len(rows) == len(load_split(data / "datalist.json", "test"))
         assert all(0.0 <= float(row.split(",")[-1]) <= 1.0 for row in rows)
     else:
-        for image in (data / "imagesTr").glob("*.nii.gz"):
-            seg = nib.load(out / image.name.replace(".nii.gz", "_seg.nii.gz"))
+        images = sorted((data / "imagesTr").glob("*.nii.gz"))
+        cases = {re.sub(r"_000[0-2]$", "", image.name[: -len(".nii.gz")]): image for image in images}
+        for name, image in cases.items():
+            seg = nib.load(out / f"{name}_seg.nii.gz")
             assert seg.shape == nib.load(image).shape[:3]
+            assert np.allclose(seg.affine, nib.load(image).affine, atol=1e-5)
             assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
+    leftovers = [p for p in out.rglob("*") if ".partial-" in p.name or re.fullmatch(r"tmp[a-z0-9_]{8}", p.name)]
+    assert not leftovers, leftovers
 
 
 # valid but unusual input run through a whole workflow: the longest cases, left to the slow tier
@@ -355,10 +712,21 @@ SLOW_CASES = {
     "train-empty_mask",
     "train-unusual_dtypes",
     "train-not_divisible_by_16",
+    "train-in_plane_5x7",
+    "train-partial_checkpoint_of_killed_run",
+    "train-diverging_learning_rate",
+    "train-full_disk_for_checkpoints",
     "inference-not_divisible_by_16",
     "inference-one_slice_volume",
     "inference-unusual_dtypes",
+    "inference-in_plane_1x32",
+    "inference-channel_file_with_trailing_axis",
+    "inference-constant_image",
 }
+
+
+def files_and_times(folder: Path) -> dict[Path, float]:
+    return {p: p.stat().st_mtime for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
 
 
 @pytest.mark.parametrize(
@@ -371,23 +739,30 @@ def test_bad_input_stops_clearly_and_valid_input_works(case, demo_dir, model_dir
     culprit = case.damage(data, first_case(data, case.stage))
     args = command(case.stage, data, out, model_dir)
     if isinstance(culprit, tuple):
-        culprit, (flag, value) = culprit
-        if flag in args:
-            args[args.index(flag) + 1] = value
-        else:
-            args += [flag, value]
+        culprit, flags = culprit
+        for flag, value in [flags] if isinstance(flags[0], str) else flags:
+            if flag in args:
+                args[args.index(flag) + 1] = value
+            else:
+                args += [flag, value]
+    before = files_and_times(out)
     if case.stage == "prepare":
         result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
     else:
-        result = run_bundle(*args, expect_success=case.problem is None)
+        result = run_bundle(*args, expect_success=case.problem is None, file_size_limit=case.file_size_limit)
+    assert not (tmp_path / "pwned").exists(), "a model file was unpickled unsafely"
     if case.problem is None:
         check_outputs(case.stage, data, out)
+        if case.warns:
+            warnings = [line for line in (result.stdout + result.stderr).splitlines() if re.search(case.warns, line)]
+            assert any(str(culprit) in line for line in warnings), warnings
         return
     last_line = result.stderr.strip().splitlines()[-1]
     assert result.returncode != 0
     assert str(culprit) in last_line, last_line
     assert re.search(case.problem, last_line), last_line
+    assert len(last_line) < 600, last_line
     # nothing that looks like a result is left behind
-    written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    written = [p for p, mtime in files_and_times(out).items() if before.get(p) != mtime]
     results = [p for p in written if p.suffix in (".pt", ".csv", ".json") or p.name.endswith(".nii.gz")]
     assert not results, results

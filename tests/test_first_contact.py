@@ -62,7 +62,7 @@ def test_the_demo_model_is_evaluated_and_segmented_with_plain_post_processing(de
         "run", "evaluating", "--config_file", "['configs/train.json','configs/evaluate.json']", *common,
         "--output_dir", str(tmp_path / "eval"), "--num_workers", "0",
     )  # fmt: skip
-    assert "post-processing: the network's plain output" in evaluation.stdout
+    assert "post-processing defaults for this model: the network's plain output" in evaluation.stdout
     assert (tmp_path / "eval" / "test_mean_dice_raw.csv").is_file()
     assert not list((tmp_path / "eval").glob("val_*"))  # test-set metrics are not named after validation
     inference = run_bundle(

@@ -296,7 +296,7 @@ def load_split(datalist: str | os.PathLike, subset: str, fold: int | str = 0) ->
     if subset in ("train", "validation") and fold == "all":
         return _resolve_paths(datalist, training if subset == "train" else [])
     if subset in ("train", "validation") and fold not in folds:
-        raise DataError(datalist, f"fold {fold} is not in the datalist (folds: {folds}).")
+        raise DataError("--fold", f"fold {fold!r} is not in the datalist {datalist} (folds: {folds}, or 'all').")
     if subset == "train":
         items = [item for item in training if item["fold"] != fold]
     elif subset == "validation":
@@ -326,6 +326,8 @@ def read_datalist(datalist: str | os.PathLike) -> tuple[list[dict], list[dict]]:
             image, label or integer fold, or when a case is listed twice (a test patient in a training fold, say).
     """
     datalist = Path(datalist)
+    if datalist.exists() and not datalist.is_file():
+        raise DataError(datalist, "not a regular file (a datalist must be a JSON file).")
     if not datalist.is_file():
         raise DataError(
             datalist,

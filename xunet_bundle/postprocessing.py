@@ -57,8 +57,9 @@ def postprocessing_for(checkpoints: str | os.PathLike | Sequence[str | os.PathLi
     else:
         settings, which = PLAIN_POSTPROCESSING, "the network's plain output (argmax, no mirroring)"
     logging.getLogger("xunet_bundle").info(
-        f"post-processing: {which} (mirror_axes={settings['mirror_axes']}, foreground_threshold="
-        f"{settings['foreground_threshold']}, largest_component={settings['largest_component']}) unless overridden"
+        f"post-processing defaults for this model: {which} (--mirror_axes {settings['mirror_axes']} "
+        f"--foreground_threshold {settings['foreground_threshold']} --largest_component "
+        f"{settings['largest_component']}); these options, given on the command line, replace them"
     )
     return {key: list(value) if isinstance(value, list) else value for key, value in settings.items()}
 

@@ -6,6 +6,7 @@ import copy
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -103,6 +104,8 @@ def require_checkpoint(path: str | os.PathLike, network: torch.nn.Module | None 
         network: the network the weights will be loaded into (its ``module`` when wrapped in DistributedDataParallel);
             None checks readability and finiteness only.
     """
+    if Path(path).exists() and not Path(path).is_file():
+        raise DataError(path, "not a regular file (model weights must be a file saved by torch.save).")
     if not Path(path).is_file():
         raise DataError(path, "model weights not found: train first, or point --ckpt_dir to a folder with model.pt.")
     try:
@@ -276,12 +279,12 @@ class AtomicCheckpointSaver(CheckpointSaver):
         self._require_finite()
         try:
             save(engine)
-        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError ("file write failed")
-            if not isinstance(e, OSError) and "write" not in str(e):
-                raise
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError of its zip writer
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:200]
+            free = shutil.disk_usage(self.save_dir).free / 2**20
             raise DataError(
-                self.save_dir, f"cannot save a checkpoint ({reason}): is the disk full? The previous files are kept."
+                self.save_dir,
+                f"cannot save a checkpoint ({reason}; {free:.0f} MiB free on its disk): the previous files are kept.",
             ) from e
 
     def completed(self, engine) -> None:

@@ -137,14 +137,14 @@ def check_cases(
         label_key: key of the label path.
         require_label: every case must have a label (training, evaluation).
     """
-    load = LoadImage(image_only=True)
+    load = LoadImage(image_only=True, reader="NibabelReader", squeeze_non_spatial_dims=True)  # as the configs do
     channel_first = EnsureChannelFirst()
     check = CheckCased(image_key, label_key, num_channels=num_channels, num_classes=num_classes)
     check_channel = CheckCased(image_key, None, num_channels=1)
 
     def read(path: Path, key: str) -> MetaTensor:
         if not path.is_file():
-            raise DataError(path, f"{key} file not found.")
+            raise DataError(path, f"not a regular file ({key})." if path.exists() else f"{key} file not found.")
         affine = _header_affine(path, key)
         try:
             data = channel_first(load(path))
