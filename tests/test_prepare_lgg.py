@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -185,3 +186,53 @@ def test_command_line_converts_with_progress_and_summary(lgg_subset, tmp_path):
     assert f"wrote {NUM_PATIENTS} patients" in result.stdout
     assert "cases: 100%" in result.stderr  # tqdm progress bar
     assert len(json.loads((dst / "datalist.json").read_text())["training"]) == NUM_PATIENTS - 1
+
+
+def test_rerun_keeps_only_the_volumes_of_the_datalist(lgg_subset, tmp_path):
+    dst = tmp_path / "out"
+    prepare_dataset(lgg_subset, dst, num_folds=2, test_fraction=0.0, progress=False)
+    removed, turned_bad = sorted(lgg_subset.iterdir())[:2]
+    real = turned_bad.resolve()
+    removed.unlink()  # this patient is gone from the source
+    turned_bad.unlink()
+    shutil.copytree(real, turned_bad)
+    fifo = turned_bad / f"{turned_bad.name}_5.tif"
+    fifo.unlink()
+    os.mkfifo(fifo)  # and this one turned bad: a FIFO must be named, never opened
+    datalist = prepare_dataset(lgg_subset, dst, num_folds=2, test_fraction=0.0, progress=False)
+    names = {Path(item["image"]).name for item in datalist["training"]}
+    assert len(names) == NUM_PATIENTS - 2
+    assert {p.name for p in (dst / "imagesTr").iterdir()} == names == {p.name for p in (dst / "labelsTr").iterdir()}
+    assert list(datalist["skipped"]) == [turned_bad.name] and str(fifo) in datalist["skipped"][turned_bad.name]
+    assert "not a regular file (a FIFO" in datalist["skipped"][turned_bad.name]
+
+
+@pytest.mark.parametrize("index", [1000000000, 99999999999999999999])
+def test_a_stray_slice_number_in_a_real_patient_is_reported_briefly(lgg_subset, tmp_path, index):
+    patient = copy_patient(lgg_subset, tmp_path / "src")
+    num_slices = len(list(patient.glob("*_mask.tif")))
+    for suffix in ("", "_mask"):
+        (patient / f"{patient.name}_{index}{suffix}.tif").hardlink_to(patient / f"{patient.name}_1{suffix}.tif")
+    with pytest.raises(DataError) as error:
+        read_patient(patient)
+    missing = index - num_slices - 1
+    assert f"they run 1..{index} with {missing} missing: {num_slices + 1}, {num_slices + 2}," in str(error.value)
+    assert f"(first 10 of {missing})" in str(error.value) and len(str(error.value)) < 400
+
+
+def test_command_line_error_for_a_real_patient_is_one_line(lgg_subset, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    bad = copy_patient(lgg_subset, src)
+    for patient in sorted(lgg_subset.iterdir())[1:]:
+        (src / patient.name).symlink_to(patient.resolve())
+    (bad / f"{bad.name}_3.tif").unlink()
+    (bad / f"{bad.name}_3.tif").mkdir()  # a folder named like a slice
+    dst = tmp_path / "out"
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_lgg.py"), "--src", str(src), "--dst", str(dst)]
+    result = subprocess.run([*command, "--on_error", "stop"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {bad / f'{bad.name}_3.tif'}: not a regular file (a folder); only regular files are read as slices."
+    )
+    assert not dst.exists()
