@@ -259,7 +259,7 @@ def test_an_ensemble_without_two_existing_checkpoints_fails_clearly(trained, dem
     )  # fmt: skip
     assert result.returncode != 0
     expected = (
-        "an ensemble needs at least two checkpoints" if members == "one" else f"{missing}: model weights not found"
+        "an ensemble needs a list of at least two model files" if members == "one" else f"{missing}: model weights not found"
     )
     assert expected in result.stderr
     assert not (tmp_path / "eval").exists()

@@ -243,3 +243,107 @@ def test_segmentation_writer_leaves_nothing_when_interrupted(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         writer().write(tmp_path / "cut_seg.nii.gz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done_seg.nii.gz"]
+
+
+def write_datalist(folder: Path, content: object) -> Path:
+    path = folder / "datalist.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+GOOD_ENTRY = {"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz", "fold": 0}
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ([GOOD_ENTRY], "expected a JSON object"),
+        ({"testing": []}, "expected a JSON object"),
+        ({"training": {"a": GOOD_ENTRY}}, '"training" must be a list of cases, got dict'),
+        ({"training": [GOOD_ENTRY], "testing": "b"}, '"testing" must be a list'),
+        ({"training": ["imagesTr/a.nii.gz"]}, '"training" entry 0 is not an object'),
+        ({"training": [{**GOOD_ENTRY, "image": None}]}, 'entry 0 has no "image"'),
+        ({"training": [{**GOOD_ENTRY, "image": []}]}, 'entry 0 has no "image"'),
+        ({"training": [{**GOOD_ENTRY, "image": ["x_0000.nii.gz", 3]}]}, 'entry 0 has no "image"'),
+        ({"training": [{"image": "a.nii.gz", "fold": 0}]}, 'entry 0 has no "label"'),
+        ({"training": [{**GOOD_ENTRY, "fold": "0"}]}, 'needs an integer "fold"'),
+        ({"training": [{**GOOD_ENTRY, "fold": -1}]}, 'needs an integer "fold"'),
+        ({"training": [{**GOOD_ENTRY, "fold": True}]}, 'needs an integer "fold"'),
+        ({"training": [{"image": "a.nii.gz", "label": "b.nii.gz"}]}, 'needs an integer "fold"'),
+        ({"training": [GOOD_ENTRY, {**GOOD_ENTRY, "fold": 1}]}, "case 'a' is listed twice"),
+        ({"training": [GOOD_ENTRY], "testing": [{"image": "imagesTs/a.nii"}]}, "case 'a' is listed twice"),
+        ({"training": [GOOD_ENTRY], "testing": [{"image": "b.nii.gz", "label": None}]}, '"testing" entry 0 has no'),
+    ],
+)
+def test_read_datalist_names_the_datalist_and_the_entry(tmp_path, content, problem):
+    from xunet_bundle.data import read_datalist
+
+    path = write_datalist(tmp_path, content)
+    with pytest.raises(DataError, match=problem) as error:
+        read_datalist(path)
+    assert error.value.path == str(path)
+
+
+def test_read_datalist_accepts_channel_files_and_unlabelled_test_cases(tmp_path):
+    from xunet_bundle.data import read_datalist
+
+    channels = {"image": ["imagesTr/a_0000.nii.gz", "imagesTr/a_0001.nii.gz"], "label": "labelsTr/a.nii.gz", "fold": 1}
+    path = write_datalist(tmp_path, {"training": [channels], "testing": [{"image": "imagesTs/b.nii.gz"}]})
+    training, testing = read_datalist(path)
+    assert training == [channels] and testing == [{"image": "imagesTs/b.nii.gz"}]
+    with pytest.raises(DataError, match="'--eval_subset'|must be 'train'"):
+        load_split(path, "everything")
+
+
+def test_remove_leftovers_removes_only_what_dead_processes_left(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from xunet_bundle.data import remove_leftovers
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    dead = tmp_path / f".a_seg.nii.gz.partial-{ended.pid}-xyz.nii.gz"
+    alive = tmp_path / f".b_seg.nii.gz.partial-{os.getpid()}-xyz.nii.gz"
+    ignite = tmp_path / "tmpab12cd34"
+    kept = [tmp_path / "a_seg.nii.gz", tmp_path / ".hidden_notes", tmp_path / "tmp_notes.txt"]
+    for path in [dead, alive, ignite, *kept]:
+        path.write_bytes(b"x")
+    assert remove_leftovers(tmp_path) == [dead]
+    assert remove_leftovers(tmp_path, checkpoints=True) == [ignite]
+    assert sorted(tmp_path.iterdir()) == sorted([alive, *kept])
+
+
+def test_check_output_names_refuses_outputs_that_replace_or_join_inputs(tmp_path):
+    from xunet_bundle.data import check_output_names
+
+    cases = [{"image": str(tmp_path / "in" / "a.nii.gz")}, {"image": str(tmp_path / "in" / "a_seg.nii.gz")}]
+    check_output_names(cases, tmp_path / "out")
+    with pytest.raises(DataError, match="is the input folder"):
+        check_output_names(cases, tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "b.nii.gz").symlink_to(tmp_path / "out" / "b_seg.nii.gz")
+    with pytest.raises(DataError, match="would replace this input file"):
+        check_output_names([{"image": str(tmp_path / "in" / "b.nii.gz")}], tmp_path / "out", ["seg"])
+    channel_cases = [{"image": [str(tmp_path / "in" / "a_0000.nii.gz"), str(tmp_path / "in" / "a_0001.nii.gz")]}]
+    check_output_names(channel_cases, tmp_path / "out", ["seg", "prob"], ["_0000", "_0001"])
+
+
+def test_a_refused_write_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from xunet_bundle.data import OutputWriteError, atomic_path
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OutputWriteError) as error:
+        with atomic_path(tmp_path / "case_seg.nii.gz") as tmp:
+            tmp.write_bytes(b"data")
+    assert isinstance(error.value.error, DataError)
+    assert str(error.value.error).startswith(f"{tmp_path / 'case_seg.nii.gz'}: cannot write the file (No space left")
+    assert list(tmp_path.iterdir()) == []

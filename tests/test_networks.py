@@ -102,3 +102,14 @@ def test_onnx_export_matches_eager(tmp_path, fusion):
     (out,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spatial_dims, size", [(2, (1, 1)), (2, (3, 3)), (2, (1, 32)), (2, (17, 5)), (3, (5, 40, 9))])
+def test_inputs_smaller_than_32_voxels_keep_their_size(spatial_dims, size):
+    net = CrossBasicUNet(spatial_dims=spatial_dims, in_channels=2, out_channels=3)
+    x = torch.randn(2, 2, *size)
+    net.train()
+    net(x).sum().backward()
+    net.eval()
+    with torch.no_grad():
+        assert net(x).shape == (2, 3, *size)

@@ -192,8 +192,6 @@ def ensemble_members(network: torch.nn.Module, checkpoints: list[str]) -> list[t
         raise DataError(
             "--ensemble_checkpoints", f"an ensemble needs a list of at least two model files, got {checkpoints!r}."
         )
-    if len(set(map(str, checkpoints))) != len(checkpoints):
-        raise DataError("--ensemble_checkpoints", f"a model file is listed twice: {checkpoints}.")
     for path in checkpoints:
         require_checkpoint(path, network)
     return [copy.deepcopy(network) for _ in checkpoints]

@@ -1,0 +1,85 @@
+"""The checks of the workflows' command-line options (xunet_bundle/options.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from xunet_bundle.data import DataError
+from xunet_bundle.options import OPTION_RULES, check_options
+
+VALID = {
+    "epochs": 300,
+    "val_interval": 1,
+    "volumes_per_batch": 2,
+    "slices_per_volume": 4,
+    "sw_batch_size": 4,
+    "checkpoint_iterations": 0,
+    "num_workers": 0,
+    "seed": 0,
+    "learning_rate": 1e-3,
+    "foreground_threshold": None,
+    "mirror_axes": [],
+    "roi_size": [-1, -1],
+    "fold": "all",
+    "eval_subset": "test",
+    "amp": False,
+    "compile": True,
+    "progress": True,
+    "resume": False,
+    "check_data": True,
+    "tune_malloc": True,
+    "largest_component": True,
+    "save_probabilities": False,
+}
+
+
+def test_every_rule_has_a_valid_example_and_the_defaults_pass():
+    assert set(VALID) == set(OPTION_RULES)
+    check_options(VALID)
+    check_options({**VALID, "foreground_threshold": 0.2, "mirror_axes": [0, 1, 2], "fold": 3, "roi_size": [64, 64, 8]})
+    check_options({"not_an_option": object()})
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("epochs", 0),
+        ("epochs", -1),
+        ("epochs", 2.5),
+        ("epochs", True),
+        ("epochs", "10"),
+        ("val_interval", 0),
+        ("volumes_per_batch", 0),
+        ("slices_per_volume", 0),
+        ("sw_batch_size", -4),
+        ("checkpoint_iterations", 2.0),
+        ("num_workers", -1),
+        ("seed", -3),
+        ("learning_rate", "nan"),
+        ("learning_rate", float("nan")),
+        ("learning_rate", float("inf")),
+        ("learning_rate", 0),
+        ("learning_rate", -1e-3),
+        ("foreground_threshold", 0),
+        ("foreground_threshold", 1.5),
+        ("foreground_threshold", float("nan")),
+        ("mirror_axes", [3]),
+        ("mirror_axes", [1, 1]),
+        ("mirror_axes", [-1]),
+        ("mirror_axes", 1),
+        ("roi_size", [0, 0]),
+        ("roi_size", [64]),
+        ("roi_size", "64"),
+        ("fold", -1),
+        ("fold", "0"),
+        ("eval_subset", "everything"),
+        ("resume", "yes"),
+        ("amp", 1),
+        ("largest_component", None),
+    ],
+)
+def test_a_bad_option_is_named_with_what_it_got_and_must_be(name, value):
+    with pytest.raises(DataError) as error:
+        check_options({**VALID, name: value})
+    assert error.value.path == f"--{name}"
+    assert repr(value) in error.value.problem and "must be" in error.value.problem
