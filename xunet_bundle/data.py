@@ -520,8 +520,8 @@ def check_output_names(
 ) -> None:
     """
     Refuse, before anything is written, an inference whose outputs (``<case>_<postfix>.nii.gz`` in ``output_dir``, as
-    :class:`CaseNameFormatter` names them) would replace one of its input files or each other, or land among its
-    inputs.
+    :class:`CaseNameFormatter` names them) would land in an input folder, replace an input file (through a symbolic
+    link) or each other.
 
     Args:
         cases: the cases, as listed by :func:`find_volumes`.
@@ -533,7 +533,7 @@ def check_output_names(
         Path(path) for case in cases for path in ([case["image"]] if isinstance(case["image"], str) else case["image"])
     ]
     inputs = {path.resolve(): path for path in files}
-    if Path(output_dir).resolve() in {path.parent for path in inputs}:
+    if Path(output_dir).resolve() in {path.parent.resolve() for path in files}:
         raise DataError(
             "--output_dir",
             f"{output_dir} is the input folder: a later run on it would read the outputs as images; choose another.",
