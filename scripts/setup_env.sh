@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-# torch first, pinned: the CPU build on machines that provide one locally, PyPI's build elsewhere
-.venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# the versions configs/metadata.json pins (those the Model Zoo's CI installs), as constraints
+.venv/bin/python scripts/metadata_pins.py > .venv/constraints.txt
+# torch first: the CPU build on machines that provide one locally, PyPI's build elsewhere
+.venv/bin/python -m pip install --quiet -c .venv/constraints.txt torch
+.venv/bin/python -m pip install --quiet -c .venv/constraints.txt -e ".[dev]"

@@ -1,11 +1,12 @@
 """
-The MONAI Model Zoo's CI checks of a bundle, offline.
+The MONAI Model Zoo's CI checks of a bundle; only the package index is reached.
 
 Checks, in order: necessary files (``configs/metadata.json``, ``LICENSE``) and preferred files (``models/model.pt``,
 ``configs/inference.json``); the version listed in the changelog; ``metadata.json`` against its schema (a local
-copy, since nothing is downloaded); ``verify_net_in_out``; export to TorchScript with ``ckpt_export`` and loading it
-back; ``onnx_export``; JSON configs indented 4 spaces with keys as written; black, isort and flake8 at line length
-120; no file over 1 MB outside ``models/``. Exits non-zero, listing every failure, when a check fails.
+copy); the metadata's package pins installable on the oldest Python that ``pyproject.toml`` supports (pip's resolver,
+reading the package index); ``verify_net_in_out``; export to TorchScript with ``ckpt_export`` and loading it back;
+``onnx_export``; JSON configs indented 4 spaces with keys as written; black, isort and flake8 at line length 120; no
+file over 1 MB outside ``models/``. Exits non-zero, listing every failure, when a check fails.
 
 Usage::
 
@@ -18,6 +19,7 @@ The schema's URL is ``metadata.json``'s ``"schema"``; download it once for ``--s
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,10 @@ from pathlib import Path
 import fire
 import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export, verify_metadata, verify_net_in_out
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from metadata_pins import metadata_pins  # noqa: E402
 
 NECESSARY_FILES = ("configs/metadata.json", "LICENSE")
 PREFERRED_FILES = ("models/model.pt", "configs/inference.json")
@@ -61,6 +67,34 @@ def check_changelog(root: Path) -> None:
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     if meta["version"] not in meta.get("changelog", {}):
         raise AssertionError(f"version {meta['version']} is not in the changelog")
+
+
+def oldest_supported_python() -> str:
+    """The lowest Python version ``pyproject.toml``'s ``requires-python = ">=X.Y"`` admits."""
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    match = re.search(r'^requires-python\s*=\s*">=\s*([0-9]+\.[0-9]+)"', text, re.MULTILINE)
+    if match is None:
+        raise AssertionError('pyproject.toml: no requires-python = ">=X.Y"')
+    return match[1]
+
+
+def check_pins_install(root: Path) -> None:
+    """
+    Resolve the metadata pins, with their dependencies, for the oldest supported Python, as the zoo's CI installs them
+    (``pip install -r requirements.txt``): pip's dry run reads each package's ``Requires-Python`` and downloads no
+    wheel it has metadata for.
+    """
+    python = oldest_supported_python()
+    with tempfile.TemporaryDirectory() as target:
+        pins = metadata_pins(root / "configs" / "metadata.json")
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+             "--only-binary=:all:", "--python-version", python, "--target", target, *pins],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+        raise AssertionError(f"the metadata pins do not install on Python {python}: {' '.join(errors)[:600]}")
 
 
 def check_metadata(root: Path, schema: Path) -> None:
@@ -186,6 +220,7 @@ def main(bundle_root: str = ".", schema: str = "../shared/reference/meta_schema_
         "files": lambda: check_files(root),
         "changelog": lambda: check_changelog(root),
         "metadata schema": lambda: check_metadata(root, schema_path),
+        "pins install on the oldest Python": lambda: check_pins_install(root),
         "network input/output": lambda: check_net_in_out(root),
         "TorchScript export": lambda: check_torchscript(root),
         "ONNX export": lambda: check_onnx(root),
