@@ -64,3 +64,17 @@ def test_infer_workflow_in_process(shipped_weights, demo_dir, tmp_path):
     for path in inputs:
         segmentation = nib.load(out / path.name.replace(".nii.gz", "_seg.nii.gz"))
         assert segmentation.shape == nib.load(path).shape[:3]  # the input's spatial shape (its channels are last)
+
+
+def test_infer_workflow_without_weights_when_the_zoo_disables_the_loader(demo_dir, tmp_path):
+    """The zoo's inference tests run without model.pt, disabling the checkpoint loader with ``handlers#0``."""
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    shutil.copy(sorted((demo_dir / "imagesTr").glob("*.nii.gz"))[0], images / "case.nii.gz")
+    inferrer = zoo_workflow(
+        "inference.json", "infer", dataset_dir=str(images), output_dir=str(out), ckpt_dir=str(tmp_path / "no_models"),
+        **{"handlers#0#_disabled_": True},
+    )  # fmt: skip
+    run_checked(inferrer)
+    assert nib.load(out / "case_seg.nii.gz").shape == nib.load(images / "case.nii.gz").shape[:3]
+    assert not (tmp_path / "no_models").exists()
