@@ -16,7 +16,7 @@ from xunet_bundle import CrossBasicUNet
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning applies to Linux only")
 def test_tune_glibc_malloc_applies_on_linux():
-    assert runtime.tune_glibc_malloc() is True
+    assert runtime.tune_glibc_malloc(command_line_only=False) is True
 
 
 def test_amp_on_cpu_autocasts_to_bf16_where_supported(monkeypatch):
@@ -50,7 +50,7 @@ def test_uncaught_data_error_ends_with_one_line(full_traceback, tmp_path):
     code = (
         "from xunet_bundle.runtime import report_data_errors_briefly\n"
         "from xunet_bundle.data import DataError\n"
-        "report_data_errors_briefly()\n"
+        "report_data_errors_briefly(command_line_only=False)\n"
         "try:\n"
         "    raise DataError('/data/case.nii.gz', 'label values must be integers in 0..1, found [3].')\n"
         "except DataError as e:\n"

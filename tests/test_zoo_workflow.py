@@ -6,9 +6,13 @@ synthetic data so that it runs in seconds.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import shutil
+import sys
 
 import nibabel as nib
+import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
@@ -78,3 +82,38 @@ def test_infer_workflow_without_weights_when_the_zoo_disables_the_loader(demo_di
     run_checked(inferrer)
     assert nib.load(out / "case_seg.nii.gz").shape == nib.load(images / "case.nii.gz").shape[:3]
     assert not (tmp_path / "no_models").exists()
+
+
+def mmapped_bytes_of_a_large_allocation() -> int:
+    """How many bytes glibc serves from mmap for a 64 MiB allocation: all of them by default, none once tuned."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+    fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in fields]
+
+    libc.mallinfo2.restype = MallInfo2
+    before = libc.mallinfo2().hblkhd
+    block = bytearray(64 << 20)
+    during = libc.mallinfo2().hblkhd
+    del block
+    return during - before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_host_process_keeps_its_excepthook_and_allocator(demo_dir, tmp_path):
+    """MONAI Label's server or a user's script loads and runs the bundle in-process: it must change neither."""
+    hook = sys.excepthook
+    assert mmapped_bytes_of_a_large_allocation() >= 64 << 20
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(sorted((demo_dir / "imagesTr").glob("*.nii.gz"))[0], images / "case.nii.gz")
+    inferrer = zoo_workflow(
+        "inference.json", "infer", dataset_dir=str(images), output_dir=str(tmp_path / "out"),
+        ckpt_dir=str(tmp_path / "no_models"), **{"handlers#0#_disabled_": True},
+    )  # fmt: skip
+    run_checked(inferrer)
+    assert (tmp_path / "out" / "case_seg.nii.gz").is_file()
+    assert sys.excepthook is hook
+    assert mmapped_bytes_of_a_large_allocation() >= 64 << 20

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 
 import torch
 
@@ -17,6 +18,7 @@ __all__ = [
     "FreshRunLogFilter",
     "autocast_on_cpu",
     "cpu_supports_bf16",
+    "is_bundle_command",
     "log_fresh_runs_as_starting",
     "report_data_errors_briefly",
     "tune_glibc_malloc",
@@ -32,7 +34,19 @@ _M_TOP_PAD = -2
 _M_MMAP_MAX = -4
 
 
-def tune_glibc_malloc(top_pad: int = 1 << 30, trim_threshold: int = 100_000_000_000) -> bool:
+def is_bundle_command() -> bool:
+    """
+    Whether this process is ``python -m monai.bundle ...`` (also each process ``torchrun`` starts for it), which the
+    bundle's run owns, rather than a host that loaded the bundle (MONAI Label's server, a user's ``ConfigWorkflow``),
+    whose process-wide settings a bundle must leave alone.
+    """
+    main = Path(sys.argv[0] if sys.argv else "")
+    return main.name == "__main__.py" and main.parent.name == "bundle" and main.parent.parent.name == "monai"
+
+
+def tune_glibc_malloc(
+    top_pad: int = 1 << 30, trim_threshold: int = 100_000_000_000, command_line_only: bool = True
+) -> bool:
     """
     Keep large tensors on glibc's heap instead of fresh ``mmap`` regions.
 
@@ -45,10 +59,14 @@ def tune_glibc_malloc(top_pad: int = 1 << 30, trim_threshold: int = 100_000_000_
     Args:
         top_pad: extra bytes requested from the kernel whenever the heap grows.
         trim_threshold: free memory at the top of the heap above which glibc returns it to the kernel.
+        command_line_only: apply them only in a ``monai.bundle`` command (:func:`is_bundle_command`): a host process
+            keeps its allocator as it was.
 
     Returns:
         whether the settings were applied.
     """
+    if command_line_only and not is_bundle_command():
+        return False
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -109,7 +127,7 @@ def autocast_on_cpu(network: torch.nn.Module, enabled: bool, device: torch.devic
     return network
 
 
-def report_data_errors_briefly() -> None:
+def report_data_errors_briefly(command_line_only: bool = True) -> None:
     """
     Make a run that stops on a :class:`~xunet_bundle.data.DataError` (or an
     :class:`~xunet_bundle.data.OutputWriteError`) end with that error's one line (``error: <file>:
@@ -117,7 +135,13 @@ def report_data_errors_briefly() -> None:
     ``RuntimeError: Failed to evaluate ...``. Other exceptions, and every exception when the environment variable
     ``XUNET_TRACEBACK=1`` is set, keep Python's usual report. It only changes ``sys.excepthook``, which applies to
     exceptions nothing caught; code that calls the bundle in-process sees the exception as usual.
+
+    Args:
+        command_line_only: change it only in a ``monai.bundle`` command (:func:`is_bundle_command`): a host process
+            keeps its own ``sys.excepthook``.
     """
+    if command_line_only and not is_bundle_command():
+        return
     previous = sys.excepthook
     if getattr(previous, "reports_data_errors", False):
         return

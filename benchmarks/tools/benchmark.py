@@ -99,7 +99,7 @@ def measure(
         compiled: run the network through ``torch.compile`` (the warm-up compiles it; its time is reported apart).
     """
     if mallopt:
-        tune_glibc_malloc()
+        tune_glibc_malloc(command_line_only=False)
     if threads:
         torch.set_num_threads(threads)
     spec = CASES[case]
