@@ -535,6 +535,69 @@ def constant_image(data, case):
     return rewrite(case["image"], lambda a: np.full_like(a, 7))
 
 
+# --- found by a hostile tester ------------------------------------------------------------------------------------
+
+
+def held_out_case_linked_to_a_training_case(data, case):
+    alias = data / "imagesTr" / "alias.nii.gz"
+    alias.symlink_to(
+        data / "imagesTr" / Path(json.loads((data / "datalist.json").read_text())["training"][0]["image"]).name
+    )
+    return edit_datalist(data, lambda content: content["testing"][0].update(image="imagesTr/alias.nii.gz"))
+
+
+def validation_subset_of_fold_all(data, case):
+    return "--eval_subset", [("--eval_subset", "validation"), ("--fold", "all")]
+
+
+def capitalised_extension(data, case):
+    path = case["image"].with_name(case["image"].name.replace(".nii.gz", ".NII.GZ"))
+    case["image"].rename(path)
+    return path
+
+
+def overflowing_intensities(data, case):
+    return rewrite(case["image"], lambda a: (a.astype(np.float32) / max(float(a.max()), 1.0) * 3e38).astype(np.float32))
+
+
+def complex_voxels(data, case):
+    return rewrite(case["image"], lambda a: a.astype(np.complex64))
+
+
+def folder_named_like_an_output(data, case):
+    folder = data.parent / "out" / case["image"].name.replace(".nii.gz", "_seg.nii.gz")
+    folder.mkdir(parents=True)
+    return folder
+
+
+def volumes_of_different_sizes(data, case):
+    for folder in ("imagesTr", "labelsTr"):
+        for number, path in enumerate(sorted((data / folder).glob("*.nii.gz"))):
+            rewrite(path, lambda a: a[: 30 + 7 * (number % 3), : 41 - 5 * (number % 2)])
+
+
+def fifo_as_model(data, case):
+    return bad_model(data, os.mkfifo)
+
+
+def fifo_as_checkpoint(data, case):
+    folder = data.parent / "out" / "checkpoints"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "checkpoint_epoch=1.pt")
+    return folder, ("--resume", "True")
+
+
+def checkpoint_without_optimizer(data, case):
+    folder = data.parent / "out" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"model": CrossBasicUNet().state_dict(), "trainer": {"iteration": 5}}, folder / "checkpoint_epoch=1.pt")
+    return folder, ("--resume", "True")
+
+
+def dataset_dir_is_a_file(data, case):
+    return case["image"], ("--dataset_dir", str(case["image"]))
+
+
 @dataclass
 class Case:
     stage: str
@@ -650,6 +713,23 @@ CASES = [
     Case("inference", option("mirror_axes", "[1,1]"), "must be a list of distinct volume axes"),
     Case("inference", full_disk_for_probabilities, "cannot write the file", file_size_limit=30_000),
     Case("train", full_disk_for_checkpoints, "cannot save a checkpoint", file_size_limit=1_000_000),
+    # found by a hostile tester
+    Case("evaluate", held_out_case_linked_to_a_training_case, "is listed twice"),
+    Case("evaluate", validation_subset_of_fold_all, "the validation subset is empty with --fold all"),
+    Case("inference", capitalised_extension, "a NIfTI extension in capitals"),
+    Case("inference", overflowing_intensities, "overflow the float32 sums"),
+    Case("inference", complex_voxels, "is not a real number"),
+    Case("inference", folder_named_like_an_output, "not a regular file"),
+    Case("inference", option("roi_size", "[100000,100000]"), "each in 1..4096"),
+    Case("inference", fifo_as_model, "not a regular file"),
+    Case("evaluate", fifo_as_model, "not a regular file"),
+    Case("train", fifo_as_checkpoint, "no readable checkpoint"),
+    Case("train", checkpoint_without_optimizer, "no readable checkpoint"),
+    Case("train", option("num_classes", "two"), "an integer of at least 2"),
+    Case("train", option("spatial_dims", "4"), "must be 2 or 3"),
+    Case("inference", option("in_channels", "0"), "must be a positive integer"),
+    Case("inference", dataset_dir_is_a_file, "not a folder"),
+    Case("train", volumes_of_different_sizes, None),
     # 5. leftovers of interrupted runs are removed by the next run
     Case("inference", partial_files_of_killed_runs, None),
     Case("train", partial_checkpoint_of_killed_run, None),
@@ -713,6 +793,7 @@ SLOW_CASES = {
     "train-unusual_dtypes",
     "train-not_divisible_by_16",
     "train-in_plane_5x7",
+    "train-volumes_of_different_sizes",
     "train-partial_checkpoint_of_killed_run",
     "train-diverging_learning_rate",
     "train-full_disk_for_checkpoints",

@@ -270,7 +270,7 @@ GOOD_ENTRY = {"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz", "fold"
         ({"training": [{**GOOD_ENTRY, "fold": -1}]}, 'needs an integer "fold"'),
         ({"training": [{**GOOD_ENTRY, "fold": True}]}, 'needs an integer "fold"'),
         ({"training": [{"image": "a.nii.gz", "label": "b.nii.gz"}]}, 'needs an integer "fold"'),
-        ({"training": [GOOD_ENTRY, {**GOOD_ENTRY, "fold": 1}]}, "case 'a' is listed twice"),
+        ({"training": [GOOD_ENTRY, {**GOOD_ENTRY, "fold": 1}]}, "imagesTr/a.nii.gz is listed twice"),
         ({"training": [GOOD_ENTRY], "testing": [{"image": "imagesTs/a.nii"}]}, "case 'a' is listed twice"),
         ({"training": [GOOD_ENTRY], "testing": [{"image": "b.nii.gz", "label": None}]}, '"testing" entry 0 has no'),
     ],
@@ -347,3 +347,18 @@ def test_a_refused_write_names_the_file_and_leaves_nothing(tmp_path, monkeypatch
     assert isinstance(error.value.error, DataError)
     assert str(error.value.error).startswith(f"{tmp_path / 'case_seg.nii.gz'}: cannot write the file (No space left")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_studies_of_one_patient_share_a_side_of_the_split():
+    from xunet_bundle.lgg import patient_id
+
+    names = [f"TCGA_XX_{i:04d}_2000010{i % 9 + 1}" for i in range(20)]
+    studies = names + ["TCGA_XX_0003_20110101", "TCGA_XX_0007_20120101"]
+    assert split_patients(names, 4, 0.25, 1) == split_patients(names, 4, 0.25, 1, group_of=patient_id)
+    for seed in range(10):
+        folds, test = split_patients(studies, 4, 0.25, seed, group_of=patient_id)
+        assert set(folds) | set(test) == set(studies) and not set(folds) & set(test)
+        for first, second in (("TCGA_XX_0003_20000104", "TCGA_XX_0003_20110101"),
+                              ("TCGA_XX_0007_20000108", "TCGA_XX_0007_20120101")):  # fmt: skip
+            assert (first in test) == (second in test) and folds.get(first) == folds.get(second)
+    assert patient_id("not_a_tcga_name") == "not_a_tcga_name"

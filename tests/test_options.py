@@ -30,6 +30,9 @@ VALID = {
     "tune_malloc": True,
     "largest_component": True,
     "save_probabilities": False,
+    "in_channels": 3,
+    "num_classes": 2,
+    "spatial_dims": 2,
 }
 
 
@@ -70,6 +73,11 @@ def test_every_rule_has_a_valid_example_and_the_defaults_pass():
         ("roi_size", [0, 0]),
         ("roi_size", [64]),
         ("roi_size", "64"),
+        ("roi_size", [100000, 100000]),
+        ("in_channels", 0),
+        ("num_classes", "two"),
+        ("num_classes", 1),
+        ("spatial_dims", 4),
         ("fold", -1),
         ("fold", "0"),
         ("eval_subset", "everything"),

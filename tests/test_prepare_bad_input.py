@@ -590,6 +590,15 @@ def test_decathlon_entry_that_is_not_a_regular_file_is_named(task, tmp_path, no_
     assert error.value.path == str(path) and not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("folder", ["imagesTr", "labelsTr"])
+def test_decathlon_a_case_linked_to_another_is_refused(task, tmp_path, folder):
+    link = task / folder / "case_999.nii.gz"
+    link.symlink_to(task / folder / "case_004.nii.gz")
+    with pytest.raises(DataError, match="the same file as case_004.nii.gz") as error:
+        prepare_datalist(task, tmp_path / "data")
+    assert error.value.path == str(link) and not (tmp_path / "data").exists()
+
+
 def test_decathlon_fifo_and_two_files_of_one_case_on_the_command_line(task, tmp_path):
     where, problem = _two_files_of_one_case(task)
     assert_error(run("prepare_decathlon.py", "--src", str(task), "--dst", str(tmp_path / "data")), where, problem)

@@ -40,12 +40,18 @@ def test_interrupted_save_keeps_the_previous_checkpoint_whole(tmp_path, monkeypa
     torch.load(first, weights_only=True)
 
 
+def training_state(network: torch.nn.Module | None = None) -> dict:
+    """What the bundle's training checkpoints hold, but for the trainer's progress."""
+    return {"model": (network or torch.nn.Linear(3, 2)).state_dict(), "optimizer": {}, "lr_scheduler": {}}
+
+
 def test_latest_checkpoint_picks_the_most_advanced_training_state(tmp_path):
     with pytest.raises(DataError, match="no checkpoint_"):
         latest_checkpoint(tmp_path)
 
     def save(name: str, iteration: int) -> None:
-        torch.save({"trainer": {"iteration": iteration, "epoch_length": 20, "max_epochs": 60}}, tmp_path / name)
+        trainer = {"iteration": iteration, "epoch_length": 20, "max_epochs": 60}
+        torch.save({**training_state(), "trainer": trainer}, tmp_path / name)
 
     saved = {"checkpoint_epoch=2.pt": 40, "checkpoint_epoch=10.pt": 200, "checkpoint_epoch=9.pt": 180}
     saved["checkpoint_iteration=190.pt"] = 190
@@ -60,7 +66,8 @@ def test_latest_checkpoint_picks_the_most_advanced_training_state(tmp_path):
 
 def test_latest_checkpoint_skips_unreadable_files_and_refuses_another_schedule(tmp_path, caplog):
     def save(name: str, iteration: int, epochs: int = 60) -> None:
-        state = {"trainer": {"iteration": iteration}, "lr_scheduler": {"T_max": epochs, "last_epoch": iteration // 20}}
+        state = {**training_state(), "trainer": {"iteration": iteration}}
+        state["lr_scheduler"] = {"T_max": epochs, "last_epoch": iteration // 20}
         torch.save(state, tmp_path / name)
 
     save("checkpoint_epoch=9.pt", 180)
@@ -75,6 +82,24 @@ def test_latest_checkpoint_skips_unreadable_files_and_refuses_another_schedule(t
     (tmp_path / "checkpoint_epoch=9.pt").write_bytes(b"")
     with pytest.raises(DataError, match="no readable checkpoint"):
         latest_checkpoint(tmp_path)
+
+
+def test_latest_checkpoint_skips_fifos_foreign_and_incomplete_checkpoints(tmp_path, caplog):
+    network = torch.nn.Linear(3, 2)
+
+    def save(name: str, iteration: int, **changes) -> None:
+        torch.save({**training_state(network), "trainer": {"iteration": iteration}, **changes}, tmp_path / name)
+
+    save("checkpoint_epoch=1.pt", 20)
+    save("checkpoint_epoch=2.pt", 40, model=torch.nn.Linear(4, 2).state_dict())
+    save("checkpoint_epoch=3.pt", 60, model={**network.state_dict(), "extra.weight": torch.zeros(1)})
+    torch.save({"model": network.state_dict(), "trainer": {"iteration": 80}}, tmp_path / "checkpoint_epoch=4.pt")
+    os.mkfifo(tmp_path / "checkpoint_iteration=90.pt")  # opening it for reading would block
+    assert Path(latest_checkpoint(tmp_path, network=network)).name == "checkpoint_epoch=1.pt"
+    for skipped in ("epoch=2.pt: skipped, its model has 1 tensors of another shape", "epoch=3.pt: skipped, its model "
+                    "has 1 unexpected layers", "epoch=4.pt: skipped, no optimizer state",
+                    "iteration=90.pt: not a regular file"):  # fmt: skip
+        assert skipped in caplog.text
 
 
 def test_interval_savers_keep_n_saved_across_restarts(tmp_path, monkeypatch):

@@ -8,13 +8,13 @@ import os
 import random
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from monai.data import NibabelWriter
+from monai.data import NibabelWriter, pad_list_data_collate
 from monai.data.folder_layout import default_name_formatter
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "read_datalist",
     "remove_leftovers",
     "nifti_stem",
+    "pad_collate",
     "split_patients",
     "write_nifti",
 ]
@@ -107,7 +108,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise OutputWriteError(DataError(path, f"cannot write the file ({e.strerror}); nothing was written.")) from e
+        raise OutputWriteError(DataError(path, f"cannot write the file ({e.strerror}).")) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -241,7 +242,11 @@ class AtomicNibabelWriter(NibabelWriter):
 
 
 def split_patients(
-    patients: Sequence[str], num_folds: int = 5, test_fraction: float = 0.2, seed: int = 0
+    patients: Sequence[str],
+    num_folds: int = 5,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    group_of: Callable[[str], str] | None = None,
 ) -> tuple[dict[str, int], list[str]]:
     """
     Patient-level split: a held-out test set, and the remaining patients assigned to cross-validation folds.
@@ -254,12 +259,19 @@ def split_patients(
         num_folds: number of cross-validation folds.
         test_fraction: fraction of patients held out for testing (rounded to the nearest patient).
         seed: seed of the shuffle.
+        group_of: the patient a name belongs to, when one patient can have several names (two studies of one
+            patient); a patient's names then share a fold, or the test set. None: each name is a patient.
 
     Returns:
         ``(fold_of_patient, test_patients)``.
     """
     if len(set(patients)) != len(patients):
         raise ValueError("patient identifiers must be unique.")
+    if group_of is not None:
+        group = {name: group_of(name) for name in patients}
+        group_folds, group_test = split_patients(sorted(set(group.values())), num_folds, test_fraction, seed)
+        folds = {name: group_folds[group[name]] for name in patients if group[name] in group_folds}
+        return folds, sorted(name for name in patients if group[name] in group_test)
     if num_folds < 1 or not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"need num_folds >= 1 and 0 <= test_fraction < 1, got {num_folds} and {test_fraction}.")
     shuffled = sorted(patients)
@@ -272,7 +284,7 @@ def split_patients(
     return folds, test
 
 
-def load_split(datalist: str | os.PathLike, subset: str, fold: int | str = 0) -> list[dict]:
+def load_split(datalist: str | os.PathLike, subset: str, fold: int | str = 0, allow_empty: bool = True) -> list[dict]:
     """
     Read one subset of a datalist written by ``scripts/prepare_lgg.py``, ``scripts/prepare_decathlon.py`` or
     ``scripts/make_demo_data.py`` (or by hand in their format), checked by :func:`read_datalist`.
@@ -285,6 +297,7 @@ def load_split(datalist: str | os.PathLike, subset: str, fold: int | str = 0) ->
             patients) or ``"all"`` (training and test patients).
         fold: the cross-validation fold used for validation; ``"all"`` trains on every fold and leaves the
             validation subset empty (the run's result is then its final model, as for a fixed schedule).
+        allow_empty: return that empty validation subset; False (evaluation) refuses it.
     """
     if subset not in ("train", "validation", "test", "all"):
         raise DataError("--eval_subset", f"must be 'train', 'validation', 'test' or 'all', got {subset!r}.")
@@ -293,6 +306,8 @@ def load_split(datalist: str | os.PathLike, subset: str, fold: int | str = 0) ->
     if subset in ("train", "validation") and not training:
         raise DataError(datalist, f"the '{subset}' subset is empty: the datalist lists no training cases.")
     folds = sorted({item["fold"] for item in training})
+    if subset == "validation" and fold == "all" and not allow_empty:
+        raise DataError("--eval_subset", "the validation subset is empty with --fold all; choose another subset.")
     if subset in ("train", "validation") and fold == "all":
         return _resolve_paths(datalist, training if subset == "train" else [])
     if subset in ("train", "validation") and fold not in folds:
@@ -341,7 +356,7 @@ def read_datalist(datalist: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     if not isinstance(content, dict) or "training" not in content:
         raise DataError(datalist, 'not a valid datalist: expected a JSON object with a "training" list.')
     subsets = {"training": content["training"], "testing": content.get("testing", [])}
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[object, str] = {}  # (key, case name) and resolved file -> the entry that listed it
     for subset, items in subsets.items():
         if not isinstance(items, list):
             raise DataError(datalist, f'"{subset}" must be a list of cases, got {type(items).__name__}.')
@@ -355,6 +370,14 @@ def read_datalist(datalist: str | os.PathLike) -> tuple[list[dict], list[dict]]:
                     if path is None:
                         continue
                     name = nifti_stem(Path(path).name)
+                    target = str((datalist.parent / path).resolve())
+                    if target in seen:
+                        raise DataError(
+                            datalist,
+                            f"{path} is listed twice ({seen[target]} and {where}), under this name or through a "
+                            "symbolic link: a case must appear once, in one training fold or in testing.",
+                        )
+                    seen[target] = where
                     if (key, name) in seen:
                         raise DataError(
                             datalist,
@@ -440,9 +463,18 @@ def find_volumes(folder: str | os.PathLike, channel_suffixes: Sequence[str] | No
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(folder, "input folder does not exist.")
-    volumes = sorted(p.absolute() for p in folder.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
-    volumes = [p for p in volumes if not p.name.startswith(".")]
+        raise DataError(folder, "not a folder." if folder.exists() else "input folder does not exist.")
+    entries = sorted(p.absolute() for p in folder.iterdir() if not p.name.startswith("."))
+    for path in entries:
+        if path.name.lower().endswith(NIFTI_SUFFIXES) and not path.name.endswith(NIFTI_SUFFIXES):
+            raise DataError(path, "a NIfTI extension in capitals: rename it to .nii.gz or .nii (lower case).")
+    volumes = [p for p in entries if p.name.endswith(NIFTI_SUFFIXES)]
+    others = [p.name for p in entries if p not in volumes]
+    if others:
+        logging.getLogger(__name__).warning(
+            f"{folder}: {len(others)} entries that are not NIfTI volumes left out: {', '.join(others[:10])}"
+            + (", ..." if len(others) > 10 else "")
+        )
     for path in volumes:
         if path.is_symlink() and not path.exists():
             raise DataError(path, "a symbolic link whose target does not exist.")
@@ -464,13 +496,13 @@ def channel_suffix_list(channel_suffixes: Sequence[str]) -> list[str]:
     """Check that ``channel_suffixes`` is a list of distinct, non-empty file-name endings and return it."""
     if isinstance(channel_suffixes, str) or not all(isinstance(s, str) and s for s in channel_suffixes):
         raise DataError(
-            "channel_suffixes",
+            "--channel_suffixes",
             f"must be a list of file-name endings in channel order, such as ['_0000','_0001','_0002'], "
             f"got {channel_suffixes!r}.",
         )
     suffixes = list(channel_suffixes)
     if not suffixes or len(set(suffixes)) != len(suffixes):
-        raise DataError("channel_suffixes", f"must be distinct and at least one, got {suffixes}.")
+        raise DataError("--channel_suffixes", f"must be distinct and at least one, got {suffixes}.")
     return suffixes
 
 
@@ -552,6 +584,8 @@ def check_output_names(
                 )
             if output in outputs:
                 raise DataError(first, f"same output name as {outputs[output]}: {output}.")
+            if output.exists() and not output.is_file():
+                raise DataError(output, "an output of this run, but not a regular file (a folder?); move it away.")
             outputs[output] = first
 
 
@@ -575,6 +609,19 @@ class CaseNameFormatter:
             extension = path.name[len(nifti_stem(path.name)) :]
             kwargs["subject"] = str(path.with_name(case_name(path, self.channel_suffixes[0]) + extension))
         return kwargs
+
+
+def pad_collate(batch: Sequence) -> object:
+    """
+    ``collate_fn`` for a training ``DataLoader`` whose items are lists of samples (``RandCropByPosNegLabeld``'s
+    ``num_samples``): flatten them and pad every sample to the largest spatial size of the batch with MONAI's
+    ``pad_list_data_collate``, so that volumes of different sizes can share a batch.
+
+    Args:
+        batch: the dataset items of one batch, each a sample or a list of samples.
+    """
+    samples = [sample for item in batch for sample in (item if isinstance(item, list) else [item])]
+    return pad_list_data_collate(samples)
 
 
 def natural_key(name: str) -> list:

@@ -29,13 +29,15 @@ def _list_volumes(folder: Path) -> dict[str, Path]:
     """
     The NIfTI volumes of ``folder`` by case name. Hidden entries (the macOS ``._*`` files of the Decathlon archives)
     are ignored; other names are ignored with a warning naming them. A NIfTI-named entry that is not a regular file
-    (a folder, a FIFO, a dangling link) and two files of one case (``case.nii.gz`` and ``case.nii``) are errors.
+    (a folder, a FIFO, a dangling link), two files of one case (``case.nii.gz`` and ``case.nii``) and two names of one
+    file (a symbolic link to another case) are errors.
     """
     try:
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     except OSError as e:
         raise DataError(folder, f"cannot list the folder ({e.strerror}).") from e
     volumes: dict[str, Path] = {}
+    targets: dict[Path, Path] = {}  # the file each volume is, links resolved
     ignored = []
     for path in entries:
         if not path.name.endswith(NIFTI_SUFFIXES):
@@ -47,6 +49,9 @@ def _list_volumes(folder: Path) -> dict[str, Path]:
         other = volumes.setdefault(nifti_stem(path.name), path)
         if other != path:
             raise DataError(path, f"same case name as {other.name}: the datalist could list only one of them.")
+        same = targets.setdefault(path.resolve(), path)
+        if same != path:
+            raise DataError(path, f"the same file as {same.name} (a symbolic link): a case must be listed once.")
     if ignored:
         logger.warning(
             "%s: ignored %d entries that are not NIfTI volumes (*.nii.gz, *.nii): %s",

@@ -42,6 +42,7 @@ __all__ = [
     "list_slices",
     "one_line",
     "output_lock",
+    "patient_id",
     "path_option",
     "prepare_dataset",
     "read_patient",
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 SLICE_PATTERN = re.compile(r"^(?P<patient>.+)_(?P<index>[0-9]+)(?P<mask>_mask)?\.tiff?\Z", re.IGNORECASE | re.DOTALL)
 IMAGE_CHANNELS = ("pre-contrast", "FLAIR", "post-contrast")
+TCGA_FOLDER = re.compile(r"^(?P<patient>TCGA_[A-Z0-9]+_[A-Z0-9]+)_[0-9]{8}$")
 # what prepare_lgg.py owns in its destination: these are replaced as a whole by each run, anything else is left alone
 OUTPUTS = ("imagesTr", "labelsTr", "datalist.json")
 LOCK_NAME = ".xunet-prepare.lock"
@@ -190,6 +192,15 @@ def check_split_options(
     if on_error is not None and on_error not in ("skip", "stop"):
         raise DataError("--on_error", f"must be 'skip' or 'stop', got {on_error!r}.")
     return num_folds, float(test_fraction), seed
+
+
+def patient_id(folder_name: str) -> str:
+    """
+    The TCGA patient of a Kaggle folder ``<patient>_<study date>`` (``TCGA_CS_4941`` of ``TCGA_CS_4941_19960909``),
+    so that two studies of one patient land on the same side of the split; other names are their own patient.
+    """
+    match = TCGA_FOLDER.match(folder_name)
+    return match["patient"] if match else folder_name
 
 
 def check_split_size(names: Sequence[str], num_folds: int, test_fraction: float, seed: int, what: str) -> None:
@@ -633,8 +644,8 @@ def write_dataset(
                     bar.update()
             if not written:
                 raise DataError(dst, "no usable case was found.")
-            check_split_size(written, num_folds, test_fraction, seed, "patients")
-            folds, test = split_patients(written, num_folds, test_fraction, seed)
+            check_split_size(sorted({patient_id(name) for name in written}), num_folds, test_fraction, seed, "patients")
+            folds, test = split_patients(written, num_folds, test_fraction, seed, group_of=patient_id)
 
             def entry(name: str) -> dict:
                 return {"image": f"imagesTr/{name}.nii.gz", "label": f"labelsTr/{name}.nii.gz"}

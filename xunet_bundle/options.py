@@ -7,7 +7,9 @@ from collections.abc import Callable, Mapping
 
 from .data import DataError
 
-__all__ = ["OPTION_RULES", "check_options"]
+__all__ = ["MAX_ROI_SIZE", "OPTION_RULES", "check_options"]
+
+MAX_ROI_SIZE = 4096  # voxels along an axis; beyond, one window of a batch outgrows any machine's memory
 
 
 def _is_int(value: object) -> bool:
@@ -42,11 +44,13 @@ def _volume_axes(value: object) -> bool:
 
 
 def _roi_size(value: object) -> bool:
-    return (
-        isinstance(value, (list, tuple))
-        and len(value) in (2, 3)
-        and all(_is_int(s) and (s > 0 or s == -1) for s in value)
-    )
+    if not isinstance(value, (list, tuple)) or len(value) not in (2, 3):
+        return False
+    return all(_is_int(s) and (0 < s <= MAX_ROI_SIZE or s == -1) for s in value)
+
+
+def _class_count(value: object) -> bool:
+    return _is_int(value) and value >= 2
 
 
 def _fold(value: object) -> bool:
@@ -70,7 +74,10 @@ OPTION_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "learning_rate": (_positive_number, "a finite positive number"),
     "foreground_threshold": (_probability_or_none, "None (argmax) or a foreground probability in (0, 1]"),
     "mirror_axes": (_volume_axes, "a list of distinct volume axes among 0, 1 and 2, such as [] or [1]"),
-    "roi_size": (_roi_size, "a list of 2 (2D) or 3 (3D) sizes, each positive or -1 (the whole axis)"),
+    "roi_size": (_roi_size, f"a list of 2 (2D) or 3 (3D) sizes, each in 1..{MAX_ROI_SIZE} or -1 (the whole axis)"),
+    "in_channels": (_positive_int, "a positive integer (image channels)"),
+    "num_classes": (_class_count, "an integer of at least 2 (background and the foreground classes)"),
+    "spatial_dims": (lambda value: value in (2, 3) and _is_int(value), "2 or 3"),
     "fold": (_fold, "a fold number (0, 1, ...) or 'all'"),
     "eval_subset": (_subset, "one of 'train', 'validation', 'test' or 'all'"),
     "amp": (_boolean, "True or False"),

@@ -32,6 +32,8 @@ PLAIN_POSTPROCESSING = {"mirror_axes": [], "foreground_threshold": None, "larges
 
 
 def _md5(path: str | os.PathLike) -> str | None:
+    if not os.path.isfile(path):  # a FIFO would block the read
+        return None
     try:
         digest = hashlib.md5()
         with open(path, "rb") as f:

@@ -33,7 +33,12 @@ logger = logging.getLogger(__name__)
 _CHECKPOINT_NAME = re.compile(r"^checkpoint_(epoch|iteration)=\d+\.pt$")
 
 
-def latest_checkpoint(folder: str | os.PathLike, epochs: int | None = None) -> str:
+TRAINING_STATE_KEYS = ("model", "optimizer", "lr_scheduler", "trainer")
+
+
+def latest_checkpoint(
+    folder: str | os.PathLike, epochs: int | None = None, network: torch.nn.Module | None = None
+) -> str:
     """
     The most advanced readable training checkpoint (``checkpoint_epoch=N.pt`` or ``checkpoint_iteration=N.pt``) in
     ``folder``: the one whose saved trainer state has the highest iteration, the newest file on a tie. An unreadable
@@ -43,6 +48,8 @@ def latest_checkpoint(folder: str | os.PathLike, epochs: int | None = None) -> s
         folder: the folder the training checkpoints are saved in.
         epochs: the ``--epochs`` of the resumed run; it must be the checkpoint's, whose learning-rate schedule was
             built for its number of epochs (None: not checked).
+        network: the network the checkpoint's ``model`` is loaded into; a checkpoint whose weights do not fit it, or
+            that lacks part of the training state, is skipped like an unreadable one (None: not checked).
 
     Raises:
         DataError: when there is nothing readable to resume from, or ``epochs`` differs from the checkpoint's run.
@@ -51,13 +58,24 @@ def latest_checkpoint(folder: str | os.PathLike, epochs: int | None = None) -> s
     if not candidates:
         raise DataError(folder, "no checkpoint_*.pt to resume from; train without --resume first.")
     readable = []
+    expected = None if network is None else getattr(network, "module", network).state_dict()
     for path in candidates:
+        if not path.is_file():  # a FIFO would block the read
+            logger.warning(f"{path}: not a regular file, skipped")
+            continue
         try:
             # mmap reads only what is used, not the weights
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             progress = int(state["trainer"]["iteration"])
         except Exception as e:
             logger.warning(f"{path}: unreadable checkpoint skipped ({type(e).__name__})")
+            continue
+        missing = [key for key in TRAINING_STATE_KEYS if key not in state]
+        mismatch = state_dict_mismatch(state["model"], expected) if expected is not None and not missing else None
+        if missing or mismatch:
+            logger.warning(
+                f"{path}: skipped, " + (f"no {missing[0]} state" if missing else f"its model has {mismatch}")
+            )
             continue
         readable.append((progress, path.stat().st_mtime, str(path), state.get("lr_scheduler", {})))
     if not readable:

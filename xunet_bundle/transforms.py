@@ -20,6 +20,9 @@ __all__ = ["CheckCased", "check_cases"]
 
 logger = logging.getLogger(__name__)
 
+# a channel's sum of intensities beyond this overflows float32 (3.4e38) in NormalizeIntensity's mean and variance
+MAX_INTENSITY_SUM = 1e37
+
 
 def source_file(data: object) -> str:
     """The file a (meta) tensor was loaded from, or ``"<unknown file>"``."""
@@ -91,6 +94,13 @@ class CheckCased(MapTransform):
             raise DataError(name, problem + ".")
         if image.is_floating_point() and not bool(torch.isfinite(image).all()):
             raise DataError(name, "image contains NaN or infinite intensities.")
+        largest = float(image.abs().max()) if image.numel() else 0.0
+        if largest * image[0].numel() > MAX_INTENSITY_SUM:
+            raise DataError(
+                name,
+                f"intensities up to {largest:.3g} overflow the float32 sums of intensity normalisation (NaN "
+                "segmentations); rescale the image.",
+            )
         label = d.get(self.label_key) if self.label_key is not None else None
         if label is not None:
             label_name = source_file(label)
@@ -192,9 +202,12 @@ def _header_affine(path: Path, key: str) -> np.ndarray | None:
     if not path.name.endswith((".nii", ".nii.gz")):
         return None
     try:
-        affine = np.asarray(nib.load(path).affine, dtype=np.float64)
+        image = nib.load(path)
+        affine = np.asarray(image.affine, dtype=np.float64)
     except Exception as e:
         raise DataError(path, f"cannot read the {key}'s header ({type(e).__name__}: {e}).") from e
+    if image.get_data_dtype().kind not in "biuf":
+        raise DataError(path, f"voxel type {image.get_data_dtype()} is not a real number (integer or float).")
     if not np.isfinite(affine).all():
         raise DataError(path, "the header's voxel-to-world affine (sform/qform) holds NaN or infinite values.")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
