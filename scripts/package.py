@@ -1,10 +1,13 @@
 """
 Build the archive the MONAI Model Zoo hosts: ``<name>_v<version>.zip`` with a single top-level ``<name>/`` folder
-holding ``configs/``, ``models/``, ``docs/``, ``LICENSE``, ``large_files.yml`` and the ``xunet_bundle`` package the
-configs import; no tests, scripts, caches or data. The version comes from ``configs/metadata.json``.
+holding ``configs/``, ``models/`` (the weights themselves), ``docs/``, ``LICENSE``, the ``xunet_bundle`` package the
+configs import, and the data converters its docs tell a user to run (``scripts/prepare_lgg.py``,
+``prepare_decathlon.py``, ``stack_channels.py``, ``make_demo_data.py``); no tests, other scripts, caches or data. The
+version comes from ``configs/metadata.json``.
 
-``large_files.yml`` must list the current ``models/model.pt`` with its hash; ``--update_large_files`` rewrites it
-(the URL is where the weights are published for ``monai.bundle download``).
+``large_files.yml`` is not in the archive, which holds the weights: it is the file a Model Zoo pull request carries
+instead of them, and its URL is the address the weights will have once the release is published (fill it in then).
+It must list the current ``models/model.pt`` with its hash; ``--update_large_files`` rewrites it.
 
 Usage::
 
@@ -23,7 +26,17 @@ import fire
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_NAME = "xunet_lgg_segmentation"
-CONTENT = ("configs", "models", "docs", "xunet_bundle", "LICENSE", "large_files.yml")
+CONTENT = (
+    "configs",
+    "models",
+    "docs",
+    "xunet_bundle",
+    "LICENSE",
+    "scripts/prepare_lgg.py",
+    "scripts/prepare_decathlon.py",
+    "scripts/stack_channels.py",
+    "scripts/make_demo_data.py",
+)
 EXCLUDED_PARTS = {"__pycache__", ".ipynb_checkpoints"}
 EXCLUDED_SUFFIXES = {".pyc", ".ts", ".onnx"}
 WEIGHTS = "models/model.pt"
@@ -41,6 +54,8 @@ def md5(path: Path) -> str:
 def large_files_yml(version: str, weights_md5: str) -> str:
     """The zoo's ``large_files.yml`` for the weights."""
     return (
+        f"# For a Model Zoo pull request, which carries no weights. The URL is where v{version}'s weights will be\n"
+        "# published: not yet real, to fill in when the release is made. The release zip holds models/model.pt.\n"
         "large_files:\n"
         f'  - path: "{WEIGHTS}"\n'
         f'    url: "{WEIGHTS_URL.format(version=version)}"\n'
