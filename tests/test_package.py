@@ -73,18 +73,20 @@ def test_unpacked_bundle_runs_inference_from_elsewhere(unpacked, demo_dir, tmp_p
     assert nib.load(segmentations[0]).shape == nib.load(demo_dir / "imagesTr" / "demo_000.nii.gz").shape[:3]
 
 
-def test_monai_bundle_load_returns_the_shipped_network(unpacked, shipped_weights, tmp_path):
+@pytest.mark.parametrize("workflow_type", ["train", "inference"])  # "train" is monai.bundle.load's default
+def test_monai_bundle_load_returns_the_shipped_network(unpacked, shipped_weights, tmp_path, workflow_type):
     code = (
         "import monai.bundle, torch, sys;"
-        f"net = monai.bundle.load(name={BUNDLE_NAME!r}, bundle_dir=sys.argv[1], workflow_type='inference',"
+        f"net = monai.bundle.load(name={BUNDLE_NAME!r}, bundle_dir=sys.argv[1], workflow_type={workflow_type!r},"
         " device='cpu');"
         "torch.save(net.state_dict(), sys.argv[2])"
     )
-    out = tmp_path / "loaded.pt"
+    out = tmp_path / "loaded.pt"  # in a folder without data: loading the network reads no datalist
     subprocess.run(
         [sys.executable, "-c", code, str(unpacked), str(out)],
         cwd=tmp_path, env=bundle_env(unpacked / BUNDLE_NAME), check=True, timeout=300,
     )  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == ["loaded.pt"]  # and writes nothing
     loaded, shipped = torch.load(out, weights_only=True), torch.load(shipped_weights, weights_only=True)
     assert loaded.keys() == shipped.keys()
     assert all(torch.equal(loaded[k], shipped[k]) for k in shipped)

@@ -22,7 +22,6 @@ __all__ = [
     "LossProgressBar",
     "MidEpochCheckpointSaver",
     "StopOnNonFiniteLoss",
-    "attach_handlers",
     "check_output_dirs",
     "latest_checkpoint",
     "non_finite_tensors",
@@ -213,20 +212,6 @@ def ensemble_members(network: torch.nn.Module, checkpoints: list[str]) -> list[t
     for path in checkpoints:
         require_checkpoint(path, network)
     return [copy.deepcopy(network) for _ in checkpoints]
-
-
-def attach_handlers(engine, handlers: list) -> None:
-    """
-    Attach handlers that need the engine itself in their arguments (checkpointing the trainer's state), which the
-    engine's own handler list cannot hold without a circular reference.
-
-    Args:
-        engine: the Ignite engine.
-        handlers: handlers with an ``attach(engine)`` method; None entries (disabled handlers) are skipped.
-    """
-    for handler in handlers:
-        if handler is not None:
-            handler.attach(engine)
 
 
 class LossProgressBar(ProgressBar):
