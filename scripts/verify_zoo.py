@@ -4,9 +4,10 @@ The MONAI Model Zoo's CI checks of a bundle; only the package index is reached.
 Checks, in order: necessary files (``configs/metadata.json``, ``LICENSE``) and preferred files (``models/model.pt``,
 ``configs/inference.json``); the version listed in the changelog; ``metadata.json`` against its schema (a local
 copy); the metadata's package pins installable on the oldest Python that ``pyproject.toml`` supports (pip's resolver,
-reading the package index); ``verify_net_in_out``; export to TorchScript with ``ckpt_export`` and loading it back;
-``onnx_export``; JSON configs indented 4 spaces with keys as written; black, isort and flake8 at line length 120; no
-file over 1 MB outside ``models/``. Exits non-zero, listing every failure, when a check fails.
+reading the package index); ``verify_net_in_out``; the zoo-style unit tests (``tests/test_zoo_workflow.py``);
+export to TorchScript with ``ckpt_export`` and loading it back; ``onnx_export``; JSON configs indented 4 spaces with
+keys as written; black, isort and flake8 at line length 120; no file over 1 MB outside ``models/``. Exits non-zero,
+listing every failure, when a check fails.
 
 Usage::
 
@@ -95,6 +96,24 @@ def check_pins_install(root: Path) -> None:
     if result.returncode != 0:
         errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
         raise AssertionError(f"the metadata pins do not install on Python {python}: {' '.join(errors)[:600]}")
+
+
+def check_zoo_unit_tests(root: Path) -> None:
+    """
+    Run the bundle's zoo-style unit tests (``tests/test_zoo_workflow.py``, the shape of the zoo's
+    ``ci/unit_tests/test_<bundle>.py``: ``ConfigWorkflow`` with overrides, ``check_properties``, ``run``) when the
+    bundle folder has them; a release archive ships none.
+    """
+    tests = root / "tests" / "test_zoo_workflow.py"
+    if not tests.is_file():
+        print(f"        (no {tests.relative_to(root)} in this bundle folder)")
+        return
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+        cwd=root, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise AssertionError(f"{tests.name} failed: {result.stdout.strip().splitlines()[-1:]}")
 
 
 def check_metadata(root: Path, schema: Path) -> None:
@@ -222,6 +241,7 @@ def main(bundle_root: str = ".", schema: str = "../shared/reference/meta_schema_
         "metadata schema": lambda: check_metadata(root, schema_path),
         "pins install on the oldest Python": lambda: check_pins_install(root),
         "network input/output": lambda: check_net_in_out(root),
+        "zoo-style unit tests": lambda: check_zoo_unit_tests(root),
         "TorchScript export": lambda: check_torchscript(root),
         "ONNX export": lambda: check_onnx(root),
         "JSON format": lambda: check_json_format(root),

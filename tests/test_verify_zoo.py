@@ -23,7 +23,7 @@ def verify(bundle_root: Path, schema: Path) -> subprocess.CompletedProcess:
 def test_bundle_passes_the_zoo_checks(shipped_weights, schema_path):
     result = verify(REPO_ROOT, schema_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "all 10 checks passed" in result.stdout
+    assert "all 11 checks passed" in result.stdout
 
 
 def test_zoo_checks_report_each_problem(shipped_weights, schema_path, tmp_path):
