@@ -35,3 +35,15 @@ class InputRecorder:
 
     def write(self, engine: Engine) -> None:
         self.path.write_text(json.dumps(self.seen))
+
+
+def record_handler_types(folder: str, handlers: list) -> None:
+    """
+    Write ``handlers_rank<R>.json`` into ``folder``: the class names of the trainer's handlers on this rank.
+
+    Args:
+        folder: where the record is written.
+        handlers: the trainer's ``train_handlers``.
+    """
+    names = [type(handler).__name__ for handler in handlers if handler is not None]
+    (Path(folder) / f"handlers_rank{dist.get_rank()}.json").write_text(json.dumps(names))

@@ -86,3 +86,28 @@ def test_distributed_evaluation_matches_single_process(ddp_run, demo_dir):
     assert set(distributed) == set(single) and len(single) == 10
     for name, value in single.items():
         assert distributed[name] == pytest.approx(value, abs=1e-5), name
+
+
+def test_ranks_other_than_0_keep_only_their_handlers_under_fold_all(demo_dir, tmp_path):
+    """
+    With --fold all (how the shipped weights were trained) there is no validation subset; rank 1 must still keep
+    exactly the divergence check and the learning-rate schedule, and log, plot and save nothing.
+    """
+    record = tmp_path / "record_handlers.json"
+    run = json.loads(MULTI_GPU_TRAIN.read_text())["run"]
+    imports = json.loads((REPO_ROOT / "configs" / "train.json").read_text())["imports"]
+    record.write_text(json.dumps({
+        "imports": ["$import rank_recorder", *imports],
+        "run": ["$rank_recorder.record_handler_types(@output_dir, @train#trainer#train_handlers)"] + run,
+    }))  # fmt: skip
+    run_bundle(
+        "run", "training", "--config_file", f"['configs/train.json','configs/multi_gpu_train.json','{record}']",
+        "--dataset_dir", str(demo_dir), "--output_dir", str(tmp_path), "--ckpt_dir", str(tmp_path / "models"),
+        "--fold", "all", "--epochs", "1", "--num_workers", "0", "--progress", "False", nproc=2,
+    )  # fmt: skip
+    rank_0 = json.loads((tmp_path / "handlers_rank0.json").read_text())
+    rank_1 = json.loads((tmp_path / "handlers_rank1.json").read_text())
+    assert rank_1 == ["StopOnNonFiniteLoss", "LrScheduleHandler"]
+    assert {"StatsHandler", "TensorBoardStatsHandler", "FinalModelSaver"} <= set(rank_0)
+    assert "ValidationHandler" not in rank_0  # --fold all: no validation subset
+    CrossBasicUNet().load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
