@@ -362,3 +362,10 @@ def test_two_studies_of_one_patient_share_a_side_of_the_split():
                               ("TCGA_XX_0007_20000108", "TCGA_XX_0007_20120101")):  # fmt: skip
             assert (first in test) == (second in test) and folds.get(first) == folds.get(second)
     assert patient_id("not_a_tcga_name") == "not_a_tcga_name"
+
+
+def test_a_data_error_stays_one_line_whatever_the_file_name():
+    error = DataError("/data/bad\nerror: fake.nii.gz", "cannot read the image\r\n(x).")
+    assert "\n" not in str(error) and "\r" not in str(error)
+    assert str(error) == "/data/bad\\nerror: fake.nii.gz: cannot read the image\\r\\n(x)."
+    assert str(DataError("/data/ünïcode case.nii.gz", "ok.")) == "/data/ünïcode case.nii.gz: ok."

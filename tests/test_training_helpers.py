@@ -135,3 +135,14 @@ def test_interval_savers_keep_n_saved_across_restarts(tmp_path, monkeypatch):
         "model_epoch=best.pt",
         "model_iteration=2.pt",
     ]
+
+
+def test_latest_checkpoint_refuses_another_learning_rate(tmp_path):
+    state = {**training_state(), "trainer": {"iteration": 20}}
+    state["lr_scheduler"] = {"T_max": 2, "base_lrs": [0.001], "last_epoch": 1}
+    torch.save(state, tmp_path / "checkpoint_epoch=1.pt")
+    assert Path(latest_checkpoint(tmp_path, epochs=2, learning_rate=1e-3)).name == "checkpoint_epoch=1.pt"
+    with pytest.raises(
+        DataError, match=r"^--learning_rate: .*checkpoint_epoch=1\.pt belongs to a run with learning rate 0\.001"
+    ):
+        latest_checkpoint(tmp_path, epochs=2, learning_rate=0.5)

@@ -43,6 +43,7 @@ __all__ = [
 LGG_AFFINE = np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class DataError(ValueError):
@@ -54,7 +55,8 @@ class DataError(ValueError):
     def __init__(self, path: str | os.PathLike, problem: str):
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        # control characters (a newline in a file name) would split the one-line report or forge another line
+        super().__init__(_CONTROL_CHARACTERS.sub(lambda c: repr(c.group())[1:-1], f"{self.path}: {problem}"))
 
 
 class OutputWriteError(BaseException):

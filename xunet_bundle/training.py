@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import re
 import shutil
@@ -36,7 +37,10 @@ TRAINING_STATE_KEYS = ("model", "optimizer", "lr_scheduler", "trainer")
 
 
 def latest_checkpoint(
-    folder: str | os.PathLike, epochs: int | None = None, network: torch.nn.Module | None = None
+    folder: str | os.PathLike,
+    epochs: int | None = None,
+    network: torch.nn.Module | None = None,
+    learning_rate: float | None = None,
 ) -> str:
     """
     The most advanced readable training checkpoint (``checkpoint_epoch=N.pt`` or ``checkpoint_iteration=N.pt``) in
@@ -49,6 +53,8 @@ def latest_checkpoint(
             built for its number of epochs (None: not checked).
         network: the network the checkpoint's ``model`` is loaded into; a checkpoint whose weights do not fit it, or
             that lacks part of the training state, is skipped like an unreadable one (None: not checked).
+        learning_rate: the ``--learning_rate`` of the resumed run; it must be the checkpoint's, whose optimizer and
+            schedule restore their own (None: not checked).
 
     Raises:
         DataError: when there is nothing readable to resume from, or ``epochs`` differs from the checkpoint's run.
@@ -80,6 +86,13 @@ def latest_checkpoint(
     if not readable:
         raise DataError(folder, "no readable checkpoint_*.pt to resume from; train without --resume.")
     _, _, path, scheduler = max(readable, key=lambda item: item[:2])
+    base_lrs = scheduler.get("base_lrs") if isinstance(scheduler, dict) else None
+    if learning_rate is not None and base_lrs and not math.isclose(float(base_lrs[0]), float(learning_rate)):
+        raise DataError(
+            "--learning_rate",
+            f"{path} belongs to a run with learning rate {base_lrs[0]:g}, which its optimizer and schedule restore; "
+            f"resume it with --learning_rate {base_lrs[0]:g}, or start a new run (another --output_dir).",
+        )
     trained_for = scheduler.get("T_max") if isinstance(scheduler, dict) else None
     if epochs is not None and trained_for is not None and int(trained_for) != int(epochs):
         raise DataError(
