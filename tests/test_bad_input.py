@@ -709,7 +709,7 @@ CASES = [
     Case("evaluate", option("eval_subset", "everything"), "must be one of 'train', 'validation', 'test' or 'all'"),
     Case("inference", option("foreground_threshold", "1.5"), r"a foreground probability in \(0, 1\]"),
     Case("inference", option("sw_batch_size", "0"), "must be a positive integer"),
-    Case("inference", option("roi_size", "[0,0]"), "each positive or -1"),
+    Case("inference", option("roi_size", "[0,0]"), r"each in 1\.\.4096 or -1"),
     Case("inference", option("mirror_axes", "[1,1]"), "must be a list of distinct volume axes"),
     Case("inference", full_disk_for_probabilities, "cannot write the file", file_size_limit=30_000),
     Case("train", full_disk_for_checkpoints, "cannot save a checkpoint", file_size_limit=1_000_000),
