@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import REPO_ROOT
 from xunet_bundle.data import DataError
 from xunet_bundle.options import OPTION_RULES, check_options
 
@@ -91,3 +92,23 @@ def test_a_bad_option_is_named_with_what_it_got_and_must_be(name, value):
         check_options({**VALID, name: value})
     assert error.value.path == f"--{name}"
     assert repr(value) in error.value.problem and "must be" in error.value.problem
+
+
+def test_an_option_that_names_no_config_id_is_found_with_a_hint(tmp_path):
+    from xunet_bundle.options import unknown_override
+
+    train = str(REPO_ROOT / "configs" / "train.json")
+    evaluate = str([train, str(REPO_ROOT / "configs" / "evaluate.json")])
+    assert (
+        unknown_override(["run", "training", "--config_file", train, "--epochs", "1", "--network_def#fusion", "x"])
+        is None
+    )
+    assert unknown_override(["run", "evaluating", "--config_file", evaluate, "--eval_subset", "all"]) is None
+    assert unknown_override(["run", "training", "--config_file", train, "--meta_file", "m.json", "--epochs=2"]) is None
+    name, problem = unknown_override(["run", "training", "--config_file", train, "--epoch", "1"])
+    assert name == "--epoch" and problem.endswith("did you mean --epochs?")
+    name, problem = unknown_override(["run", "training", "--config_file", train, "--eval_subset", "all"])
+    assert name == "--eval_subset" and f"no id 'eval_subset' in {train}" in problem
+    assert (
+        unknown_override(["run", "training", "--config_file", str(REPO_ROOT / "missing.json"), "--epoch", "1"]) is None
+    )

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ast
+import difflib
 import math
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+from monai.bundle import ConfigParser
 
 from .data import DataError
+from .runtime import is_bundle_command
 
-__all__ = ["MAX_ROI_SIZE", "OPTION_RULES", "check_options"]
+__all__ = ["MAX_ROI_SIZE", "OPTION_RULES", "check_options", "unknown_override"]
 
 MAX_ROI_SIZE = 4096  # voxels along an axis; beyond, one window of a batch outgrows any machine's memory
 
@@ -102,9 +108,52 @@ def check_options(options: Mapping[str, object]) -> None:
             without a rule in :data:`OPTION_RULES` are not checked.
 
     Raises:
-        DataError: naming the first option whose value is not allowed, what it got and what it must be.
+        DataError: naming the first option whose value is not allowed, what it got and what it must be; in a
+            ``monai.bundle`` command, naming an option of the command line that is no id of its configs
+            (:func:`unknown_override`).
     """
+    if is_bundle_command():
+        unknown = unknown_override(sys.argv[1:])
+        if unknown is not None:
+            raise DataError(unknown[0], unknown[1])
     for name, value in options.items():
         rule = OPTION_RULES.get(name)
         if rule is not None and not rule[0](value):
             raise DataError(f"--{name}", f"must be {rule[1]}, got {value!r}.")
+
+
+# the options of ``monai.bundle run`` itself, which are no config ids
+RUN_ARGUMENTS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
+
+
+def unknown_override(argv: Sequence[str]) -> tuple[str, str] | None:
+    """
+    The first ``--name`` of a ``monai.bundle run`` command line whose top-level id (``name`` up to its first ``#``)
+    is in none of the command's config files, with what is wrong: MONAI adds such an override as a new id, so a
+    misspelt option (``--epoch 1``) would be ignored without a word and the run would use the default.
+
+    Args:
+        argv: the command line after the program, ``["run", "training", "--config_file", "...", "--epochs", "1"]``.
+
+    Returns:
+        ``("--name", problem)``, or None when every option names an id (or the config files cannot be read, which
+        MONAI reports itself).
+    """
+    names = [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--") and len(arg) > 2]
+    values = dict(zip(argv, argv[1:]))
+    config_file = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config_file=")), None)
+    config_file = config_file or values.get("--config_file")
+    if config_file is None:
+        return None
+    try:
+        files = ast.literal_eval(config_file) if config_file.strip().startswith("[") else config_file
+        ids = set(ConfigParser.load_config_files(files))
+    except Exception:
+        return None
+    for name in names:
+        top = name.split("#", 1)[0].split("::", 1)[0]
+        if top not in ids and top not in RUN_ARGUMENTS:
+            close = difflib.get_close_matches(top, sorted(ids), n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ""
+            return f"--{name}", f"not an option of this config: no id {top!r} in {config_file}{hint}"
+    return None
