@@ -763,7 +763,7 @@ def test_stack_a_bad_channel_file_on_the_command_line(tmp_path, damage):
         ({"num_channels": "x"}, "--num_channels", "must be a whole number, got 'x'"),
         ({"num_channels": 2.0}, "--num_channels", "must be a whole number, got 2.0"),
         ({"num_channels": 2}, "--num_channels", "is 2, but 3 channel suffixes are given"),
-        ({"channel_suffixes": ["_0000", "_0000"]}, "channel_suffixes", "must be distinct"),
+        ({"channel_suffixes": ["_0000", "_0000"]}, "--channel_suffixes", "must be distinct"),
         ({"dst": ""}, "--dst", "needs a folder path, got ''"),
     ],
 )

@@ -16,7 +16,13 @@ from xunet_bundle import CrossBasicUNet
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning applies to Linux only")
 def test_tune_glibc_malloc_applies_on_linux():
-    assert runtime.tune_glibc_malloc(command_line_only=False) is True
+    # in a process of its own: the settings last for the process, and other tests check that hosts keep theirs
+    code = (
+        "import xunet_bundle.runtime as r; print(r.tune_glibc_malloc(command_line_only=False), r.tune_glibc_malloc())"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout.split() == ["True", "False"]  # applied when asked; not in a process that is no bundle command
 
 
 def test_amp_on_cpu_autocasts_to_bf16_where_supported(monkeypatch):
