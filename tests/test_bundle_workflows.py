@@ -26,7 +26,7 @@ from xunet_bundle.training import latest_checkpoint
 
 TRAIN = "configs/train.json"
 EVALUATE = "['configs/train.json','configs/evaluate.json']"
-ENSEMBLE_EVALUATE = "['configs/train.json','configs/evaluate.json','configs/ensemble_evaluate.json']"
+ENSEMBLE_EVALUATE = "['configs/train.json','configs/evaluate.json','configs/ensemble.json']"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_training_keeps_a_tensor_only_best_checkpoint(trained):
     assert list(trained.glob("tensorboard/events.out.tfevents.*"))
     assert [p.name for p in (trained / "checkpoints").iterdir()] == ["checkpoint_epoch=2.pt"]
     resume_state = torch.load(trained / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
-    assert set(resume_state) == {"model", "optimizer", "lr_scheduler", "trainer", "best_model_tracker"}
+    assert set(resume_state) == {"model", "optimizer", "lr_scheduler", "trainer", "best_model_tracker", "checkpointer"}
     assert resume_state["trainer"]["iteration"] == 2 * resume_state["trainer"]["epoch_length"]
 
 
@@ -64,7 +64,7 @@ def test_training_on_every_fold_saves_the_final_model(demo_dir, tmp_path):
         "--fold", "all", "--volumes_per_batch", "1",
     )  # fmt: skip
     log = result.stdout + result.stderr
-    assert "val_mean_dice" not in log and "saved final checkpoint" in log
+    assert "val_mean_dice" not in log and f"saved {tmp_path / 'models' / 'model.pt'}" in log
     num_train = len(load_split(demo_dir / "datalist.json", "train", "all"))
     resume_state = torch.load(tmp_path / "checkpoints" / "checkpoint_epoch=1.pt", weights_only=True)
     assert resume_state["trainer"]["epoch_length"] == num_train  # one volume per step: every fold is trained on
@@ -235,7 +235,7 @@ def test_ensemble_inference_of_one_model_twice_segments_as_that_model(trained, d
         "--ckpt_dir", str(trained / "models"), "--output_dir", str(single),
     )  # fmt: skip
     result = run_bundle(
-        "run", "inference", "--config_file", "['configs/inference.json','configs/ensemble_inference.json']",
+        "run", "inference", "--config_file", "['configs/inference.json','configs/ensemble.json']",
         "--dataset_dir", str(demo_dir / "imagesTr"), "--output_dir", str(ensemble),
         "--ensemble_checkpoints", f"['{model}','{model}']",
     )  # fmt: skip

@@ -108,6 +108,6 @@ def test_ranks_other_than_0_keep_only_their_handlers_under_fold_all(demo_dir, tm
     rank_0 = json.loads((tmp_path / "handlers_rank0.json").read_text())
     rank_1 = json.loads((tmp_path / "handlers_rank1.json").read_text())
     assert rank_1 == ["StopOnNonFiniteLoss", "LrScheduleHandler"]
-    assert {"StatsHandler", "TensorBoardStatsHandler", "FinalModelSaver"} <= set(rank_0)
+    assert {"StatsHandler", "TensorBoardStatsHandler"} <= set(rank_0)
     assert "ValidationHandler" not in rank_0  # --fold all: no validation subset
     CrossBasicUNet().load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))

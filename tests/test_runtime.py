@@ -39,6 +39,7 @@ def test_amp_on_cpu_autocasts_to_bf16_where_supported(monkeypatch):
         out = wrapped(x)
     assert dtypes == [torch.bfloat16] and out.dtype == torch.float32
     torch.testing.assert_close(out, expected, rtol=0.1, atol=0.1)
+    assert isinstance(wrapped, runtime.CpuAutocast) and wrapped.network is net
     assert all(p.dtype == torch.float32 for p in wrapped.state_dict().values())
 
 
@@ -48,7 +49,7 @@ def test_amp_on_cpu_autocasts_to_bf16_where_supported(monkeypatch):
 def test_amp_leaves_the_network_alone_otherwise(monkeypatch, enabled, device, supported):
     monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: supported)
     net = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8))
-    assert "forward" not in vars(runtime.autocast_on_cpu(net, enabled=enabled, device=device))
+    assert runtime.autocast_on_cpu(net, enabled=enabled, device=device) is net
 
 
 @pytest.mark.parametrize("full_traceback", [False, True])

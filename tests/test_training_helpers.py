@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 
 from xunet_bundle.data import DataError
-from xunet_bundle.training import AtomicCheckpointSaver, latest_checkpoint
+from xunet_bundle.training import CheckedDiskSaver, inside_epochs, latest_checkpoint, resume_point_name
 
 
 def _engine_with_saver(folder: Path, net: torch.nn.Module) -> Engine:
     engine = Engine(lambda engine, batch: None)
-    AtomicCheckpointSaver(save_dir=str(folder), save_dict={"model": net}, save_interval=1, n_saved=1).attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, Checkpoint({"model": net}, CheckedDiskSaver(folder), n_saved=1))
     return engine
 
 
@@ -40,9 +41,42 @@ def test_interrupted_save_keeps_the_previous_checkpoint_whole(tmp_path, monkeypa
     torch.load(first, weights_only=True)
 
 
+def test_a_failed_save_keeps_the_file_it_would_replace(tmp_path, monkeypatch):
+    net = torch.nn.Linear(3, 2)
+    engine = Engine(lambda engine, batch: None)
+    saver = Checkpoint({"model": net}, CheckedDiskSaver(tmp_path), filename_pattern="model.pt", n_saved=1)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, saver)
+    engine.run([0], max_epochs=1)
+    before = (tmp_path / "model.pt").read_bytes()
+
+    def failed_save(obj, f, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failed_save)
+    with pytest.raises(DataError, match=r"cannot save model\.pt \(No space left on device; \d+ MiB free on its disk\)"):
+        engine.run([0], max_epochs=2)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    assert (tmp_path / "model.pt").read_bytes() == before
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        net.bias[0] = float("nan")
+    engine = _engine_with_saver(tmp_path, net)
+    with pytest.raises(DataError, match=r"1 tensors to save hold NaN or infinite values \(first: bias\)"):
+        engine.run([0], max_epochs=1)
+    assert list(tmp_path.iterdir()) == []
+
+
 def training_state(network: torch.nn.Module | None = None) -> dict:
     """What the bundle's training checkpoints hold, but for the trainer's progress."""
-    return {"model": (network or torch.nn.Linear(3, 2)).state_dict(), "optimizer": {}, "lr_scheduler": {}}
+    return {
+        "model": (network or torch.nn.Linear(3, 2)).state_dict(),
+        "optimizer": {},
+        "lr_scheduler": {},
+        "checkpointer": {"_saved": []},
+    }
 
 
 def test_latest_checkpoint_picks_the_most_advanced_training_state(tmp_path):
@@ -102,22 +136,27 @@ def test_latest_checkpoint_skips_fifos_foreign_and_incomplete_checkpoints(tmp_pa
         assert skipped in caplog.text
 
 
-def test_interval_savers_keep_n_saved_across_restarts(tmp_path, monkeypatch):
+def test_one_resume_point_is_kept_across_restarts_and_earlier_runs(tmp_path, monkeypatch):
     net = torch.nn.Linear(3, 2)
     # an earlier sitting's epoch checkpoint, an earlier run's more advanced one, and a mid-epoch one
-    leftovers = ["model_epoch=2.pt", "model_epoch=150.pt", "model_iteration=30.pt"]
+    leftovers = ["checkpoint_epoch=2.pt", "checkpoint_epoch=150.pt", "checkpoint_iteration=30.pt"]
     for name in leftovers:
         torch.save({"weight": net.weight}, tmp_path / name)
-    (tmp_path / "model_epoch=best.pt").write_bytes(b"not a checkpoint of this saver")
+    (tmp_path / "checkpoint_epoch=best.pt").write_bytes(b"not a checkpoint of this saver")
 
-    def run_with_savers() -> None:
+    def run_with_resume_checkpoints() -> None:
         engine = Engine(lambda engine, batch: None)
-        AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1, n_saved=1).attach(
-            engine
+        checkpointer = Checkpoint(
+            {"model": net},
+            CheckedDiskSaver(tmp_path, supersedes=r"checkpoint_(epoch|iteration)=\d+\.pt"),
+            filename_pattern="checkpoint_{global_step}.pt",
+            global_step_transform=resume_point_name,
+            score_function=lambda engine: engine.state.iteration,
+            n_saved=1,
+            include_self=True,
         )
-        AtomicCheckpointSaver(
-            save_dir=str(tmp_path), save_dict={"model": net}, save_interval=2, epoch_level=False, n_saved=1
-        ).attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, checkpointer)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=inside_epochs(2)), checkpointer)
         engine.run([0, 0, 0], max_epochs=1)
 
     def failed_save(obj, f, *args, **kwargs):
@@ -125,16 +164,14 @@ def test_interval_savers_keep_n_saved_across_restarts(tmp_path, monkeypatch):
 
     with monkeypatch.context() as patched:
         patched.setattr(torch, "save", failed_save)
-        with pytest.raises(DataError, match=r"cannot save a checkpoint \(disk full; \d+ MiB free on its disk\)"):
-            run_with_savers()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*leftovers, "model_epoch=best.pt"])
+        with pytest.raises(DataError, match=r"cannot save checkpoint_iteration=2\.pt \(disk full; \d+ MiB free"):
+            run_with_resume_checkpoints()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*leftovers, "checkpoint_epoch=best.pt"])
 
-    run_with_savers()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "model_epoch=1.pt",
-        "model_epoch=best.pt",
-        "model_iteration=2.pt",
-    ]
+    run_with_resume_checkpoints()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=best.pt"]
+    state = torch.load(tmp_path / "checkpoint_epoch=1.pt", weights_only=True)
+    assert state["checkpointer"]["_saved"] == [(3, "checkpoint_epoch=1.pt")]
 
 
 def test_latest_checkpoint_refuses_another_learning_rate(tmp_path):

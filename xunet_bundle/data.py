@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from monai.data import NibabelWriter, pad_list_data_collate
+from monai.data import NibabelWriter, load_decathlon_datalist, pad_list_data_collate
 from monai.data.folder_layout import default_name_formatter
 
 __all__ = [
@@ -310,10 +310,11 @@ def load_split(datalist: str | os.PathLike, subset: str, fold: int | str = 0, al
     folds = sorted({item["fold"] for item in training})
     if subset == "validation" and fold == "all" and not allow_empty:
         raise DataError("--eval_subset", "the validation subset is empty with --fold all; choose another subset.")
-    if subset in ("train", "validation") and fold == "all":
-        return _resolve_paths(datalist, training if subset == "train" else [])
-    if subset in ("train", "validation") and fold not in folds:
+    if subset in ("train", "validation") and fold != "all" and fold not in folds:
         raise DataError("--fold", f"fold {fold!r} is not in the datalist {datalist} (folds: {folds}, or 'all').")
+    base_dir = datalist.parent.absolute()
+    training = load_decathlon_datalist(datalist, data_list_key="training", base_dir=base_dir) if training else []
+    testing = load_decathlon_datalist(datalist, data_list_key="testing", base_dir=base_dir) if testing else []
     if subset == "train":
         items = [item for item in training if item["fold"] != fold]
     elif subset == "validation":
@@ -322,9 +323,9 @@ def load_split(datalist: str | os.PathLike, subset: str, fold: int | str = 0, al
         items = testing
     else:
         items = training + testing
-    if not items:
+    if not items and not (subset == "validation" and fold == "all"):
         raise DataError(datalist, f"the '{subset}' subset (fold {fold}) is empty.")
-    return _resolve_paths(datalist, items)
+    return items
 
 
 def read_datalist(datalist: str | os.PathLike) -> tuple[list[dict], list[dict]]:
@@ -405,20 +406,6 @@ def _entry_problem(item: object, needs_label_and_fold: bool) -> str | None:
     if needs_label_and_fold and not (isinstance(fold, int) and not isinstance(fold, bool) and fold >= 0):
         return 'needs an integer "fold" (0, 1, ...)'
     return None
-
-
-def _resolve_paths(datalist: Path, items: Sequence[Mapping]) -> list[dict]:
-    """Copies of the datalist ``items`` with their image and label paths made absolute."""
-    resolved = []
-    for item in items:
-        entry = dict(item)
-        for key in ("image", "label"):
-            if isinstance(entry.get(key), (list, tuple)):  # one file per channel
-                entry[key] = [str((datalist.parent / path).resolve()) for path in entry[key]]
-            elif key in entry:
-                entry[key] = str((datalist.parent / entry[key]).resolve())
-        resolved.append(entry)
-    return resolved
 
 
 def nifti_stem(name: str) -> str:

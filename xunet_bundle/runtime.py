@@ -16,6 +16,7 @@ from .data import DataError, OutputWriteError
 
 __all__ = [
     "FreshRunLogFilter",
+    "CpuAutocast",
     "autocast_on_cpu",
     "cpu_supports_bf16",
     "is_bundle_command",
@@ -100,14 +101,32 @@ def cpu_supports_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+class CpuAutocast(torch.nn.Module):
+    """
+    Run a network under bfloat16 autocast on the CPU, returning float32 outputs, so that losses and metrics are
+    computed as without it; its parameters stay float32. Save and load the weights of the wrapped ``network``,
+    whose state_dict keys have no prefix.
+
+    Args:
+        network: the network to run.
+    """
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.network(*args, **kwargs).float()
+
+
 def autocast_on_cpu(network: torch.nn.Module, enabled: bool, device: torch.device | str = "cpu") -> torch.nn.Module:
     """
-    Run ``network``'s forward under bfloat16 autocast on CPUs that compute bf16 natively.
+    ``network`` wrapped in :class:`CpuAutocast` on CPUs that compute bf16 natively, when ``enabled``.
 
     MONAI's trainers and evaluators autocast only on CUDA (``amp=True``); this gives the same switch a meaning on such
-    CPUs. Outputs are returned in float32, so losses and metrics are unchanged; parameters and the state_dict stay
-    float32. On CUDA, or on CPUs without native bf16 (where it would be many times slower), the network is returned
-    unchanged.
+    CPUs. On CUDA, or on CPUs without native bf16 (where it would be many times slower), ``network`` is returned as it
+    is.
 
     Args:
         network: the network, already on ``device``.
@@ -116,15 +135,8 @@ def autocast_on_cpu(network: torch.nn.Module, enabled: bool, device: torch.devic
     """
     if not enabled or torch.device(device).type != "cpu" or not cpu_supports_bf16():
         return network
-    forward = network.forward
-
-    def bf16_forward(*args, **kwargs):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return forward(*args, **kwargs).float()
-
-    network.forward = bf16_forward
     logger.info("amp: bfloat16 autocast on CPU")
-    return network
+    return CpuAutocast(network)
 
 
 def report_data_errors_briefly(command_line_only: bool = True) -> None:

@@ -2,38 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from ignite.engine import Events
-from ignite.handlers import ProgressBar
-from monai.handlers import CheckpointSaver, from_engine
+from ignite.handlers import DiskSaver, ProgressBar
+from monai.handlers import from_engine
 
 from .data import DataError, check_output_dirs
 
 __all__ = [
-    "AtomicCheckpointSaver",
-    "FinalModelSaver",
+    "CheckedDiskSaver",
     "LossProgressBar",
-    "MidEpochCheckpointSaver",
     "StopOnNonFiniteLoss",
     "check_output_dirs",
     "latest_checkpoint",
+    "inside_epochs",
     "non_finite_tensors",
     "require_checkpoint",
+    "resume_point_name",
 ]
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT_NAME = re.compile(r"^checkpoint_(epoch|iteration)=\d+\.pt$")
 
 
-TRAINING_STATE_KEYS = ("model", "optimizer", "lr_scheduler", "trainer")
+TRAINING_STATE_KEYS = ("model", "optimizer", "lr_scheduler", "trainer", "checkpointer")
 
 
 def latest_checkpoint(
@@ -254,116 +256,90 @@ class LossProgressBar(ProgressBar):
         super().attach(engine, **kwargs)
 
 
-class AtomicCheckpointSaver(CheckpointSaver):
+class CheckedDiskSaver(DiskSaver):
     """
-    MONAI's ``CheckpointSaver`` writing every file atomically: the checkpoint goes to a temporary file in the same
-    folder, which then replaces the target, so a run killed during a save never leaves a truncated ``model.pt``.
+    Ignite's ``DiskSaver`` in atomic mode (the checkpoint goes to a temporary file in the same folder, which then
+    replaces the target, so a run killed during a save never leaves a truncated file), for Ignite's ``Checkpoint``,
+    that also:
 
-    MONAI turns Ignite's atomic mode off because older Ignite releases left such files readable by their owner only;
-    Ignite 0.5 restores group and other read permission after the rename. Arguments are those of ``CheckpointSaver``.
+    - removes the files the ``Checkpoint`` drops only after the new file is written, so a failed or interrupted save
+      keeps the previous one (``Checkpoint`` asks for the removal first);
+    - refuses to save tensors holding NaN or infinite values: the run stops with an error naming the folder;
+    - reports a failed write (a full disk) as a :class:`DataError` naming the folder and its free space;
+    - with ``supersedes``, removes every other file of that name pattern once a save succeeds, so that the folder holds
+      one resume point even across restarts and after an earlier run in the same folder, where ``--resume`` would
+      otherwise pick the earlier run's more advanced checkpoint.
 
-    Its interval checkpoints keep ``n_saved`` across restarts too: once a save succeeds, files of the same kind
-    (``checkpoint_epoch=N.pt`` for an epoch-level saver) that this saver does not track are removed. Ignite only knows
-    the files it saved in this process, so without this every ``--resume`` would leave the checkpoint it resumed
-    from behind, and a fresh run in an old run's folder would leave the old run's more advanced checkpoints where
-    ``--resume`` would pick them.
-
-    Weights holding NaN or infinite values are never saved: the run stops with an error instead, and the previous
-    files stay in place.
+    Args:
+        dirname: the folder the files are saved in (created if missing).
+        supersedes: a regular expression (whole file name) of the files a successful save makes obsolete.
+        log_saves: log each saved file's path (off for frequent resume points).
+        kwargs: passed to ``ignite.handlers.DiskSaver``.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if checkpoint is not None:
-                checkpoint.save_handler._atomic = True
+    def __init__(
+        self, dirname: str | os.PathLike, supersedes: str | None = None, log_saves: bool = True, **kwargs
+    ) -> None:
+        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False, **kwargs)
+        self.supersedes = re.compile(supersedes) if supersedes else None
+        self.log_saves = log_saves
+        self.dropped: list[str] = []
 
-    def _require_finite(self) -> None:
-        state = {key: obj.state_dict() if hasattr(obj, "state_dict") else obj for key, obj in self.save_dict.items()}
-        bad = non_finite_tensors(state)
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        bad = non_finite_tensors(checkpoint)
         if bad:
             raise DataError(
-                self.save_dir,
+                self.dirname,
                 f"{len(bad)} tensors to save hold NaN or infinite values (first: {bad[0]}): the training diverged, "
                 "nothing was saved; lower --learning_rate.",
             )
-
-    def _save(self, save, engine) -> None:
-        """Run one of ``CheckpointSaver``'s save methods, refusing non-finite weights and reporting a failed write."""
-        self._require_finite()
         try:
-            save(engine)
+            super().__call__(checkpoint, filename, metadata)
         except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError of its zip writer
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:200]
-            free = shutil.disk_usage(self.save_dir).free / 2**20
+            free = shutil.disk_usage(self.dirname).free / 2**20
             raise DataError(
-                self.save_dir,
-                f"cannot save a checkpoint ({reason}; {free:.0f} MiB free on its disk): the previous files are kept.",
+                self.dirname,
+                f"cannot save {filename} ({reason}; {free:.0f} MiB free on its disk): the previous files are kept.",
             ) from e
+        if self.log_saves:
+            logger.info(f"saved {self.dirname / filename}")
+        obsolete = set(self.dropped)
+        if self.supersedes is not None and self.supersedes.fullmatch(filename):
+            obsolete.update(path.name for path in self.dirname.iterdir() if self.supersedes.fullmatch(path.name))
+        self.dropped.clear()
+        for name in obsolete - {filename}:
+            with contextlib.suppress(FileNotFoundError):
+                super().remove(name)
 
-    def completed(self, engine) -> None:
+    def remove(self, filename: str) -> None:
         """
         Args:
-            engine: the trainer.
+            filename: a file the ``Checkpoint`` drops; removed after the next successful save.
         """
-        self._save(super().completed, engine)
-
-    def metrics_completed(self, engine) -> None:
-        """
-        Args:
-            engine: the evaluator.
-        """
-        self._save(super().metrics_completed, engine)
-
-    def interval_completed(self, engine) -> None:
-        """
-        Args:
-            engine: the trainer.
-        """
-        self._save(super().interval_completed, engine)
-        self._remove_untracked_interval_checkpoints()
-
-    def _remove_untracked_interval_checkpoints(self) -> None:
-        checkpoint = self._interval_checkpoint
-        tracked = {filename for _, filename in checkpoint.state_dict()["_saved"]}
-        if not tracked:
-            return
-        kind = re.compile(re.escape(next(iter(tracked)).split("=")[0]) + r"=\d+\.pt")
-        for path in Path(self.save_dir).iterdir():
-            if kind.fullmatch(path.name) and path.name not in tracked:
-                checkpoint.save_handler.remove(path.name)
+        self.dropped.append(filename)
 
 
-class MidEpochCheckpointSaver(AtomicCheckpointSaver):
+def resume_point_name(engine, event) -> str:
     """
-    An iteration-level :class:`AtomicCheckpointSaver` (``epoch_level=False``) that skips the last iteration of each
-    epoch, so that a run killed in the middle of a long epoch resumes from at most ``save_interval`` iterations back.
+    ``epoch=N`` at the end of an epoch, ``iteration=N`` inside one: the ``global_step_transform`` that names the
+    training checkpoints ``checkpoint_epoch=N.pt`` and ``checkpoint_iteration=N.pt``.
 
-    The epoch's own checkpoint is left to the epoch-level saver, which runs after validation and so also records the
-    epoch's validation result for the best-model tracker. Arguments are those of ``CheckpointSaver``.
+    Args:
+        engine: the trainer.
+        event: the event the checkpoint is saved on.
     """
-
-    def interval_completed(self, engine) -> None:
-        """
-        Args:
-            engine: the trainer.
-        """
-        if engine.state.iteration % engine.state.epoch_length != 0:
-            super().interval_completed(engine)
+    if event == Events.EPOCH_COMPLETED:
+        return f"epoch={engine.state.epoch}"
+    return f"iteration={engine.state.iteration}"
 
 
-class FinalModelSaver(AtomicCheckpointSaver):
+def inside_epochs(every: int):
     """
-    Save the model when training completes (``save_final=True``), for runs without validation data, where the
-    best-model saver never fires: MONAI Label's default split leaves validation empty with one or two labelled volumes.
-    Unlike MONAI's ``CheckpointSaver``, it saves nothing when training fails, so the previous weights stay in place.
-    Arguments are those of ``CheckpointSaver``.
-    """
+    An Ignite ``event_filter`` for ``ITERATION_COMPLETED``: every ``every`` iterations, but not at the last iteration of
+    an epoch, whose checkpoint is saved after validation so that it also records the epoch's validation result.
 
-    def exception_raised(self, engine, e: Exception) -> None:
-        """
-        Args:
-            engine: the trainer.
-            e: the exception, raised again.
-        """
-        raise e
+    Args:
+        every: the number of iterations between two checkpoints.
+    """
+    return lambda engine, iteration: iteration % every == 0 and iteration % engine.state.epoch_length != 0

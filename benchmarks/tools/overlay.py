@@ -15,6 +15,8 @@ import fire
 import matplotlib
 import nibabel as nib
 import numpy as np
+import torch
+from monai.metrics import compute_dice
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -31,8 +33,9 @@ def pick_slices(truth: np.ndarray, num_slices: int) -> list[int]:
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    total = prediction.sum() + truth.sum()
-    return 1.0 if total == 0 else 2.0 * np.logical_and(prediction, truth).sum() / total
+    """Dice of two binary masks (1.0 when both are empty), by MONAI's ``compute_dice``."""
+    as_batch = [torch.as_tensor(mask > 0, dtype=torch.float32)[None, None] for mask in (prediction, truth)]
+    return float(compute_dice(*as_batch, include_background=True, ignore_empty=False))
 
 
 def main(image: str, truth: str, prediction: str, out: str, num_slices: int = 4, title: str = "") -> None:
