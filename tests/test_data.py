@@ -159,7 +159,7 @@ def test_find_volumes_groups_one_file_per_channel_by_case_in_channel_order(tmp_p
             "a_0001.nii.gz",
             "a second file for the same channel as a_0001.nii",
         ),
-        (["_0000.nii.gz"], "_0000.nii.gz", "ends in none of the channel suffixes"),
+        (["_0000.nii.gz"], "_0000.nii.gz", "is the channel suffix '_0000' alone: the case name before it is empty"),
     ],
 )
 def test_find_volumes_names_the_file_a_case_of_channel_files_lacks_or_has_too_many(tmp_path, names, culprit, problem):
@@ -200,7 +200,7 @@ def _case(image_shape=(3, 8, 8, 4), label_shape=(1, 8, 8, 4), label_value=1, ima
 @pytest.mark.parametrize(
     "case, path, problem",
     [
-        (_case(image_shape=(1, 8, 8, 4)), "/data/img.nii.gz", "expected 3 image channels, got 1"),
+        (_case(image_shape=(1, 8, 8, 4)), "/data/img.nii.gz", "expected 3 image channels, got 1 .*--in_channels 1"),
         (_case(image_shape=(3, 8, 8)), "/data/img.nii.gz", "expected a 3D volume"),
         (_case(image_value=float("nan")), "/data/img.nii.gz", "NaN or infinite"),
         (_case(label_shape=(1, 8, 8, 5)), "/data/lbl.nii.gz", "differs from image size"),
@@ -369,3 +369,54 @@ def test_a_data_error_stays_one_line_whatever_the_file_name():
     assert "\n" not in str(error) and "\r" not in str(error)
     assert str(error) == "/data/bad\\nerror: fake.nii.gz: cannot read the image\\r\\n(x)."
     assert str(DataError("/data/ünïcode case.nii.gz", "ok.")) == "/data/ünïcode case.nii.gz: ok."
+
+
+def test_a_background_that_is_not_zero_is_warned_about(caplog):
+    from xunet_bundle.transforms import _warn_if_background_not_zero
+
+    z_scored = torch.randn(2, 16, 16, 4)
+    z_scored[1, :12] = -3.6  # three quarters of the second channel: background, z-scored
+    _warn_if_background_not_zero(Path("/in/brats.nii.gz"), z_scored)
+    assert "/in/brats.nii.gz: 75% of channel 1 holds the value -3.6" in caplog.text
+    caplog.clear()
+    zero_background = torch.randn(2, 16, 16, 4)
+    zero_background[:, :12] = 0
+    _warn_if_background_not_zero(Path("/in/lgg.nii.gz"), zero_background)
+    _warn_if_background_not_zero(Path("/in/noise.nii.gz"), torch.randn(2, 16, 16, 4))
+    assert caplog.text == ""
+
+
+def test_the_training_flip_follows_the_volumes_left_right_axis(tmp_path, caplog):
+    from xunet_bundle.data import LGG_AFFINE, write_nifti
+    from xunet_bundle.transforms import left_right_axes
+
+    def case(name: str, affine) -> dict:
+        write_nifti(np.zeros((4, 4, 3), dtype=np.float32), np.asarray(affine, dtype=float), tmp_path / name)
+        return {"image": str(tmp_path / name)}
+
+    lgg, ras = case("lgg.nii.gz", LGG_AFFINE), case("ras.nii.gz", np.eye(4))
+    lps = case("lps.nii.gz", np.diag([-1.0, -1.0, 1.0, 1.0]))
+    sagittal = case("sagittal.nii.gz", [[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]])  # axis 2 left-right
+    assert left_right_axes([lgg, lgg]) == [1]
+    assert left_right_axes([ras, lps]) == [0]
+    assert left_right_axes([{"image": [ras["image"], lps["image"]]}]) == [0]  # channel files: the first one
+    assert caplog.text == ""
+    assert left_right_axes([sagittal]) == [] and "left-right axis is [2]" in caplog.text
+    assert left_right_axes([sagittal], slice_axis=None) == [2]
+    assert left_right_axes([lgg, ras]) == [] and "left-right axis is [0, 1]" in caplog.text
+
+
+def test_cases_in_folders_of_their_own_are_named_after_their_folders(tmp_path):
+    from xunet_bundle.data import read_datalist
+
+    def entry(case: str, fold: int | None = None) -> dict:
+        item = {"image": [f"{case}/flair.nii.gz", f"{case}/t1c.nii.gz"], "label": f"{case}/seg.nii.gz"}
+        return item if fold is None else {**item, "fold": fold}
+
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": [entry("c1", 0), entry("c2", 1)], "testing": [entry("c3")]}))
+    training, testing = read_datalist(path)
+    assert len(training) == 2 and len(testing) == 1
+    path.write_text(json.dumps({"training": [entry("c1", 0), entry("sub/c1", 1)]}))
+    with pytest.raises(DataError, match=r"case 'c1' is listed twice \(\"training\" entry 0 and \"training\" entry 1\)"):
+        read_datalist(path)

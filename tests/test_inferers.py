@@ -9,7 +9,8 @@ from monai.data import MetaTensor
 from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
 
 from conftest import REPO_ROOT
-from xunet_bundle.inferers import MirroringInferer
+from xunet_bundle import CrossBasicUNet, runtime
+from xunet_bundle.inferers import CpuAutocastInferer, MirroringInferer
 
 
 def lateralised_network(spatial_dims: int) -> torch.nn.Module:
@@ -101,7 +102,8 @@ def test_configs_wrap_their_inferer_with_their_default_mirroring(
     if not shipped_weights:
         parser["ckpt_dir"] = str(tmp_path)  # another model (no file: not the shipped weights' md5)
     inferer = parser.get_parsed_content("inferer")
-    assert isinstance(inferer, MirroringInferer) and isinstance(inferer.inferer, inner_type)
+    assert isinstance(inferer, MirroringInferer) and isinstance(inferer.inferer, CpuAutocastInferer)
+    assert isinstance(inferer.inferer.inferer, inner_type)
     assert inferer.spatial_axes == default_axes
     parser["mirror_axes"] = []
     assert parser.get_parsed_content("inferer", lazy=False).spatial_axes == ()
@@ -112,6 +114,38 @@ def test_lgg_training_flips_slices_along_the_volume_axis_mirror_axes_names():
     be mirrored with ``--mirror_axes "[1]"``."""
     parser = ConfigParser()
     parser.read_config(str(REPO_ROOT / "configs" / "train.json"))
-    assert parser["inferer"]["inferer"]["spatial_dim"] == 2
+    assert parser["window_inferer"]["spatial_dim"] == 2
     flips = [t for t in parser.get_parsed_content("train_transforms") if type(t).__name__ == "RandFlipd"]
     assert [flip.flipper.spatial_axis for flip in flips] == [1]
+
+
+def test_amp_on_cpu_runs_the_network_in_bf16_where_supported(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    torch.manual_seed(0)
+    net = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+    dtypes = []
+    net.final_conv.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    with torch.no_grad():
+        out = CpuAutocastInferer(SimpleInferer(), enabled=True)(x, net)
+    assert dtypes == [torch.bfloat16] and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0.1, atol=0.1)
+    assert all(p.dtype == torch.float32 for p in net.state_dict().values())
+
+
+@pytest.mark.parametrize(
+    "enabled, device, supported", [(False, "cpu", True), (True, "cpu", False), (True, "meta", True)]
+)
+def test_amp_leaves_the_network_alone_otherwise(monkeypatch, enabled, device, supported):
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: supported)
+    autocast = []
+
+    def network(x):
+        autocast.append(torch.is_autocast_enabled("cpu"))
+        return x
+
+    x = torch.zeros(1, 1, 4, 4, device=device)
+    assert CpuAutocastInferer(SimpleInferer(), enabled=enabled)(x, network) is x
+    assert autocast == [False]

@@ -20,6 +20,7 @@ VALID = {
     "learning_rate": 1e-3,
     "foreground_threshold": None,
     "mirror_axes": [],
+    "flip_axes": None,
     "roi_size": [-1, -1],
     "fold": "all",
     "eval_subset": "test",
@@ -41,6 +42,8 @@ def test_every_rule_has_a_valid_example_and_the_defaults_pass():
     assert set(VALID) == set(OPTION_RULES)
     check_options(VALID)
     check_options({**VALID, "foreground_threshold": 0.2, "mirror_axes": [0, 1, 2], "fold": 3, "roi_size": [64, 64, 8]})
+    check_options({**VALID, "flip_axes": []})
+    check_options({**VALID, "flip_axes": [0]})
     check_options({"not_an_option": object()})
 
 
@@ -71,6 +74,8 @@ def test_every_rule_has_a_valid_example_and_the_defaults_pass():
         ("mirror_axes", [1, 1]),
         ("mirror_axes", [-1]),
         ("mirror_axes", 1),
+        ("flip_axes", [3]),
+        ("flip_axes", "auto"),
         ("roi_size", [0, 0]),
         ("roi_size", [64]),
         ("roi_size", "64"),

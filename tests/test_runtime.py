@@ -1,4 +1,4 @@
-"""Process settings: glibc malloc tuning, the amp switch's bf16 autocast on CPU, one-line data errors."""
+"""Process settings: glibc malloc tuning, one-line data errors."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-import xunet_bundle.runtime as runtime
 from conftest import REPO_ROOT
-from xunet_bundle import CrossBasicUNet
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning applies to Linux only")
@@ -23,33 +20,6 @@ def test_tune_glibc_malloc_applies_on_linux():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout.split() == ["True", "False"]  # applied when asked; not in a process that is no bundle command
-
-
-def test_amp_on_cpu_autocasts_to_bf16_where_supported(monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
-    torch.manual_seed(0)
-    net = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8)).eval()
-    x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        expected = net(x)
-    dtypes = []
-    net.final_conv.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
-    wrapped = runtime.autocast_on_cpu(net, enabled=True, device="cpu")
-    with torch.no_grad():
-        out = wrapped(x)
-    assert dtypes == [torch.bfloat16] and out.dtype == torch.float32
-    torch.testing.assert_close(out, expected, rtol=0.1, atol=0.1)
-    assert isinstance(wrapped, runtime.CpuAutocast) and wrapped.network is net
-    assert all(p.dtype == torch.float32 for p in wrapped.state_dict().values())
-
-
-@pytest.mark.parametrize(
-    "enabled, device, supported", [(False, "cpu", True), (True, "cpu", False), (True, "meta", True)]
-)
-def test_amp_leaves_the_network_alone_otherwise(monkeypatch, enabled, device, supported):
-    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: supported)
-    net = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8))
-    assert runtime.autocast_on_cpu(net, enabled=enabled, device=device) is net
 
 
 @pytest.mark.parametrize("full_traceback", [False, True])

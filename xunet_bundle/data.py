@@ -359,36 +359,49 @@ def read_datalist(datalist: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     if not isinstance(content, dict) or "training" not in content:
         raise DataError(datalist, 'not a valid datalist: expected a JSON object with a "training" list.')
     subsets = {"training": content["training"], "testing": content.get("testing", [])}
-    seen: dict[object, str] = {}  # (key, case name) and resolved file -> the entry that listed it
     for subset, items in subsets.items():
         if not isinstance(items, list):
             raise DataError(datalist, f'"{subset}" must be a list of cases, got {type(items).__name__}.')
         for index, item in enumerate(items):
-            where = f'"{subset}" entry {index}'
             problem = _entry_problem(item, needs_label_and_fold=subset == "training")
             if problem:
-                raise DataError(datalist, f"{where} {problem}: {json.dumps(item)[:200]}")
-            for key in ("image", "label"):
-                for path in item[key] if isinstance(item.get(key), list) else [item.get(key)]:
-                    if path is None:
-                        continue
-                    name = nifti_stem(Path(path).name)
-                    target = str((datalist.parent / path).resolve())
-                    if target in seen:
-                        raise DataError(
-                            datalist,
-                            f"{path} is listed twice ({seen[target]} and {where}), under this name or through a "
-                            "symbolic link: a case must appear once, in one training fold or in testing.",
-                        )
+                raise DataError(datalist, f'"{subset}" entry {index} {problem}: {json.dumps(item)[:200]}')
+    entries = [
+        (f'"{subset}" entry {index}', item) for subset, items in subsets.items() for index, item in enumerate(items)
+    ]
+    # a case is named after its image file, or after its folder when each case has a folder of its own holding files
+    # of the same names (BraTS 2015)
+    folders = [Path(_first_image(item)).parent for _, item in entries]
+    stems = [nifti_stem(Path(_first_image(item)).name) for _, item in entries]
+    same_file_name = len({Path(_first_image(item)).name for _, item in entries}) == 1
+    folder_per_case = len(entries) > 1 and same_file_name and len(set(folders)) == len(entries)
+    seen: dict[str, str] = {}  # case name and resolved file -> the entry that listed it
+    for (where, item), folder, stem in zip(entries, folders, stems):
+        for key in ("image", "label"):
+            for path in item[key] if isinstance(item.get(key), list) else [item.get(key)]:
+                target = str((datalist.parent / path).resolve()) if path is not None else None
+                if target in seen:
+                    raise DataError(
+                        datalist,
+                        f"{path} is listed twice ({seen[target]} and {where}), under this name or through a "
+                        "symbolic link: a case must appear once, in one training fold or in testing.",
+                    )
+                if target is not None:
                     seen[target] = where
-                    if (key, name) in seen:
-                        raise DataError(
-                            datalist,
-                            f"case {name!r} is listed twice ({seen[key, name]} and {where}): a case must appear once, "
-                            "in one training fold or in testing.",
-                        )
-                    seen[key, name] = where
+        name = "case " + repr(folder.name if folder_per_case else stem)
+        if name in seen:
+            raise DataError(
+                datalist,
+                f"{name} is listed twice ({seen[name]} and {where}): a case must appear once, in one training fold "
+                "or in testing.",
+            )
+        seen[name] = where
     return subsets["training"], subsets["testing"]
+
+
+def _first_image(item: Mapping) -> str:
+    """The image path of a datalist entry, the first channel file's when it lists one file per channel."""
+    return item["image"][0] if isinstance(item["image"], list) else item["image"]
 
 
 def _entry_problem(item: object, needs_label_and_fold: bool) -> str | None:
@@ -511,6 +524,10 @@ def group_channel_files(files: Sequence[Path], channel_suffixes: Sequence[str]) 
     for path in files:
         stem = nifti_stem(path.name)
         matching = [suffix for suffix in suffixes if stem.endswith(suffix) and len(stem) > len(suffix)]
+        if not matching and stem in suffixes:
+            raise DataError(
+                path, f"the file name is the channel suffix {stem!r} alone: the case name before it is empty."
+            )
         if not matching:
             raise DataError(
                 path, f"the file name ends in none of the channel suffixes {suffixes} (expected <case><suffix>.nii.gz)."

@@ -1,12 +1,28 @@
-"""Datalists for datasets in the Medical Segmentation Decathlon layout (``imagesTr/``, ``labelsTr/``)."""
+"""Datalists for datasets in the Medical Segmentation Decathlon layout, or stored one file per channel by case."""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
+import re
+from collections.abc import Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 
-from .data import NIFTI_SUFFIXES, DataError, atomic_write_json, check_output_dirs, nifti_stem, split_patients
+import nibabel as nib
+import numpy as np
+
+from .data import (
+    NIFTI_SUFFIXES,
+    DataError,
+    atomic_write_json,
+    check_output_dirs,
+    natural_key,
+    nifti_stem,
+    split_patients,
+    write_nifti,
+)
 from .lgg import (
     check_split_options,
     check_split_size,
@@ -20,7 +36,7 @@ from .lgg import (
     short_list,
 )
 
-__all__ = ["prepare_datalist"]
+__all__ = ["prepare_case_folders", "prepare_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,4 +140,152 @@ def prepare_datalist(
     with output_lock(dst):
         remove_leftovers(dst, [r"\.datalist\.json\..*"])  # atomic_write_json's temporary files
         atomic_write_json(datalist, target)
+    return datalist
+
+
+CASE = "{case}"
+
+
+def _case_regex(pattern: str) -> re.Pattern:
+    """The regular expression of a path pattern relative to the source folder: glob wildcards, ``{case}`` a group."""
+    head, _, tail = pattern.partition(CASE)
+    return re.compile(fnmatch.translate(head)[4:-3] + r"(?P<case>[^/]+?)" + fnmatch.translate(tail)[4:-3] + r"\Z")
+
+
+def _check_patterns(images: object, label: object) -> tuple[list[str], str]:
+    """The ``--images`` and ``--label`` patterns, checked: strings relative to the source, each with one ``{case}``."""
+    if isinstance(images, str) or not isinstance(images, (list, tuple)) or not images:
+        raise DataError("--images", f"must be a list of path patterns, one per channel, got {images!r}.")
+    for option, pattern in [*(("--images", p) for p in images), ("--label", label)]:
+        if not isinstance(pattern, str) or pattern.count(CASE) != 1 or pattern.startswith("/") or ".." in pattern:
+            raise DataError(
+                option,
+                f"each pattern is a path relative to --src holding {CASE} once, such as '{CASE}/*_flair.nii.gz' or "
+                f"'imagesTr/{CASE}_0000.nii.gz', got {pattern!r}.",
+            )
+    if len(set(images)) != len(images):
+        raise DataError("--images", f"the channel patterns must differ, got {list(images)}.")
+    return list(images), label
+
+
+def _check_label_map(label_map: object) -> dict[int, int] | None:
+    """``--label_map`` as a mapping of label values, or None."""
+    if label_map is None:
+        return None
+    if not isinstance(label_map, dict) or not label_map:
+        raise DataError("--label_map", f"must be a mapping of label values such as {{2: 1, 4: 1}}, got {label_map!r}.")
+    if not all(isinstance(k, int) and isinstance(v, int) and k >= 0 and v >= 0 for k, v in label_map.items()):
+        raise DataError("--label_map", f"keys and values must be non-negative integers, got {label_map!r}.")
+    return dict(label_map)
+
+
+def _match_one(src: Path, pattern: str, case: str) -> Path:
+    """The one file of ``case`` that ``pattern`` names; a DataError naming the case when there is none or several."""
+    matches = sorted(src.glob(pattern.replace(CASE, glob_escape(case))))
+    if not matches:
+        raise DataError(src / pattern.replace(CASE, case), f"case {case!r} has no file matching {pattern!r}.")
+    if len(matches) > 1:
+        raise DataError(
+            matches[1], f"case {case!r} has {len(matches)} files matching {pattern!r} ({matches[0].name}, ...)."
+        )
+    if file_type(matches[0]) != "file":
+        raise DataError(matches[0], f"not a regular file ({describe(file_type(matches[0]))}).")
+    return matches[0]
+
+
+def _check_grid(path: Path, first: Path) -> None:
+    """A DataError naming ``path`` when its voxel grid (shape, affine) differs from that of ``first``."""
+    try:
+        image, reference = nib.load(path), nib.load(first)
+    except Exception as e:
+        raise DataError(path, f"cannot read the NIfTI header ({type(e).__name__}: {one_line(str(e), 200)}).") from e
+    if image.shape[:3] != reference.shape[:3]:
+        raise DataError(path, f"spatial size {image.shape[:3]} differs from {first.name}'s {reference.shape[:3]}.")
+    if not np.allclose(image.affine, reference.affine, atol=1e-4):
+        raise DataError(path, f"its voxel-to-world affine differs from {first.name}'s: not on the same voxel grid.")
+
+
+def _write_mapped_label(path: Path, label_map: dict[int, int], target: Path) -> None:
+    """Write ``path``'s label with its values mapped by ``label_map`` (others kept) to ``target``."""
+    label = nib.load(path)
+    values = np.asarray(label.dataobj)
+    mapped = values.copy()
+    for old, new in label_map.items():
+        mapped[values == old] = new
+    write_nifti(mapped.astype(np.uint8 if mapped.max() < 256 else np.int16), label.affine, target)
+
+
+def prepare_case_folders(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    images: Sequence[str],
+    label: str,
+    label_map: dict[int, int] | None = None,
+    num_folds: int = 5,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict:
+    """
+    Write ``dst/datalist.json`` for cases stored one file per channel, found by path patterns with a ``{case}``
+    placeholder: one folder per case (BraTS: ``{case}/*_flair.nii.gz``) or flat folders (nnU-Net's raw layout:
+    ``imagesTr/{case}_0000.nii.gz`` and ``labelsTr/{case}.nii.gz``). The cases are those the first image pattern
+    matches; each must have exactly one file per pattern, all on one voxel grid. The split is case-level, as
+    :func:`prepare_datalist` makes it. Images are not copied; labels are written to ``dst/labelsTr`` only when
+    ``label_map`` changes their values.
+
+    Args:
+        src: the dataset's folder.
+        dst: folder that receives ``datalist.json`` (and ``labelsTr/`` with ``label_map``).
+        images: one path pattern per channel, relative to ``src``, in channel order.
+        label: the label's path pattern, relative to ``src``.
+        label_map: label values to change, such as ``{2: 1, 4: 1}`` (whole tumour); other values are kept.
+        num_folds: number of cross-validation folds.
+        test_fraction: fraction of cases held out as the test set.
+        seed: seed of the case-level split.
+
+    Returns:
+        the datalist that was written.
+    """
+    num_folds, test_fraction, seed = check_split_options(num_folds, test_fraction, seed, on_error=None)
+    src, dst = path_option(src, "--src"), path_option(dst, "--dst")
+    images, label = _check_patterns(images, label)
+    label_map = _check_label_map(label_map)
+    if file_type(src) != "folder":
+        raise DataError(src, "folder not found.")
+    first = _case_regex(images[0])
+    cases = sorted(
+        {m["case"] for p in src.rglob("*") if (m := first.match(p.relative_to(src).as_posix()))}, key=natural_key
+    )
+    if not cases:
+        raise DataError(src, f"no file matches the first image pattern {images[0]!r}.")
+    files = {}
+    for case in cases:
+        channels = [_match_one(src, pattern, case) for pattern in images]
+        label_file = _match_one(src, label, case)
+        for path in [*channels[1:], label_file]:
+            _check_grid(path, channels[0])
+        files[case] = {"image": channels, "label": label_file}
+    check_split_size(cases, num_folds, test_fraction, seed, "cases")
+    check_output_dirs(dst)
+    folds, test = split_patients(cases, num_folds, test_fraction, seed)
+    with output_lock(dst):
+        remove_leftovers(dst, [r"\.datalist\.json\..*", r"\..*\.partial-.*"])
+        if label_map:
+            (dst / "labelsTr").mkdir(exist_ok=True)
+            for case in cases:
+                target = dst / "labelsTr" / f"{case}.nii.gz"
+                _write_mapped_label(files[case]["label"], label_map, target)
+                files[case]["label"] = target
+
+        def entry(case: str) -> dict:
+            relative = lambda path: os.path.relpath(path.absolute(), dst.absolute())  # noqa: E731
+            return {"image": [relative(p) for p in files[case]["image"]], "label": relative(files[case]["label"])}
+
+        datalist = {
+            "description": f"{len(cases)} cases of {src.absolute().name}, one file per channel",
+            "split": {"num_folds": num_folds, "test_fraction": test_fraction, "seed": seed, "level": "case"},
+            "training": [{**entry(case), "fold": folds[case]} for case in sorted(folds, key=natural_key)],
+            "testing": [entry(case) for case in test],
+        }
+        atomic_write_json(datalist, dst / "datalist.json")
     return datalist

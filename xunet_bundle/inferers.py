@@ -1,7 +1,8 @@
-"""Test-time mirroring around any MONAI inferer."""
+"""Test-time mirroring and CPU bfloat16 autocast around any MONAI inferer."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from itertools import combinations
 from typing import Any
@@ -9,7 +10,39 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
-__all__ = ["MirroringInferer"]
+from . import runtime
+
+__all__ = ["CpuAutocastInferer", "MirroringInferer"]
+
+logger = logging.getLogger(__name__)
+
+
+class CpuAutocastInferer(Inferer):
+    """
+    Runs ``inferer`` under bfloat16 autocast when the input is on a CPU that computes bf16 natively (AVX512-BF16 or
+    AMX), and returns float32, so that losses, softmax and metrics are computed as without it. The choice is made,
+    and logged, when the inferer is built; on other CPUs (where PyTorch emulates bf16, many times slower) and on CUDA
+    ``inferer`` runs as it is. MONAI's trainers and evaluators autocast only on CUDA (``amp=True``); this gives the
+    same switch a meaning on such CPUs, in the bundle's commands and in MONAI Label alike.
+
+    Args:
+        inferer: the inferer to run, e.g. ``SliceInferer`` or ``SimpleInferer``.
+        enabled: the bundle's ``amp`` switch.
+    """
+
+    def __init__(self, inferer: Inferer, enabled: bool = True) -> None:
+        self.inferer = inferer
+        self.enabled = bool(enabled) and runtime.cpu_supports_bf16()
+        if enabled and not self.enabled:
+            logger.info("amp: float32 on CPU: this CPU has no native bfloat16, where autocast would be slower")
+        elif self.enabled:
+            logger.info("amp: bfloat16 autocast on CPU (native bfloat16 found); float32 on CUDA unless MONAI's amp")
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not self.enabled or inputs.device.type != "cpu":
+            return self.inferer(inputs, network, *args, **kwargs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.inferer(inputs, network, *args, **kwargs).float()
 
 
 class MirroringInferer(Inferer):

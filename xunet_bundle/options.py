@@ -80,6 +80,10 @@ OPTION_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "learning_rate": (_positive_number, "a finite positive number"),
     "foreground_threshold": (_probability_or_none, "None (argmax) or a foreground probability in (0, 1]"),
     "mirror_axes": (_volume_axes, "a list of distinct volume axes among 0, 1 and 2, such as [] or [1]"),
+    "flip_axes": (
+        lambda value: value is None or _volume_axes(value),
+        "None (the left-right axis of the volumes' orientation) or a list of distinct volume axes, such as [] or [1]",
+    ),
     "roi_size": (_roi_size, f"a list of 2 (2D) or 3 (3D) sizes, each in 1..{MAX_ROI_SIZE} or -1 (the whole axis)"),
     "in_channels": (_positive_int, "a positive integer (image channels)"),
     "num_classes": (_class_count, "an integer of at least 2 (background and the foreground classes)"),

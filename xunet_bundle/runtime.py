@@ -10,14 +10,10 @@ import re
 import sys
 from pathlib import Path
 
-import torch
-
 from .data import DataError, OutputWriteError
 
 __all__ = [
     "FreshRunLogFilter",
-    "CpuAutocast",
-    "autocast_on_cpu",
     "cpu_supports_bf16",
     "is_bundle_command",
     "log_fresh_runs_as_starting",
@@ -99,44 +95,6 @@ def cpu_supports_bf16() -> bool:
     except OSError:
         return False
     return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-class CpuAutocast(torch.nn.Module):
-    """
-    Run a network under bfloat16 autocast on the CPU, returning float32 outputs, so that losses and metrics are
-    computed as without it; its parameters stay float32. Save and load the weights of the wrapped ``network``,
-    whose state_dict keys have no prefix.
-
-    Args:
-        network: the network to run.
-    """
-
-    def __init__(self, network: torch.nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.network(*args, **kwargs).float()
-
-
-def autocast_on_cpu(network: torch.nn.Module, enabled: bool, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """
-    ``network`` wrapped in :class:`CpuAutocast` on CPUs that compute bf16 natively, when ``enabled``.
-
-    MONAI's trainers and evaluators autocast only on CUDA (``amp=True``); this gives the same switch a meaning on such
-    CPUs. On CUDA, or on CPUs without native bf16 (where it would be many times slower), ``network`` is returned as it
-    is.
-
-    Args:
-        network: the network, already on ``device``.
-        enabled: the bundle's ``amp`` switch.
-        device: the device the network runs on.
-    """
-    if not enabled or torch.device(device).type != "cpu" or not cpu_supports_bf16():
-        return network
-    logger.info("amp: bfloat16 autocast on CPU")
-    return CpuAutocast(network)
 
 
 def report_data_errors_briefly(command_line_only: bool = True) -> None:

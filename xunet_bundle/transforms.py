@@ -16,7 +16,7 @@ from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform
 
 from .data import DataError
 
-__all__ = ["CheckCased", "check_cases"]
+__all__ = ["CheckCased", "check_cases", "left_right_axes"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,11 @@ class CheckCased(MapTransform):
                 problem += (
                     f"; the file holds an array of shape {tuple(image.shape[1:])}, which looks like a single 2D slice "
                     f"with its channels last: store it as rows x cols x 1 x {self.num_channels} (one-slice volume)"
+                )
+            else:
+                problem += (
+                    f" (the network was built for {self.num_channels}); for data of {image.shape[0]} channels train "
+                    f"with --in_channels {image.shape[0]} (see docs/training.md), or use models made for it"
                 )
             raise DataError(name, problem + ".")
         if image.is_floating_point() and not bool(torch.isfinite(image).all()):
@@ -193,6 +198,7 @@ def check_cases(
             _check_label_grid(label_path, loaded[label_key], image_path, loaded[image_key])
         check(loaded)
         _warn_if_constant(image_path, loaded[image_key])
+        _warn_if_background_not_zero(image_path, loaded[image_key])
 
 
 def _header_affine(path: Path, key: str) -> np.ndarray | None:
@@ -243,6 +249,29 @@ def _warn_if_constant(path: Path, image: torch.Tensor) -> None:
         )
 
 
+# share of a channel's voxels that one non-zero value may hold before it is taken for a background that is not 0 (the
+# LGG and Hippocampus channels reach 0.44; z-scored BraTS volumes 0.8)
+NONZERO_BACKGROUND_SHARE = 0.6
+
+
+def _warn_if_background_not_zero(path: Path, image: torch.Tensor) -> None:
+    """
+    Warn, naming the file, when the value of a channel's first voxel (a corner, where the background is), not 0, fills
+    most of the channel: a background that is not 0 (z-scored data), which ``NormalizeIntensityd(nonzero=True)``
+    counts as foreground, so the statistics are mostly background's.
+    """
+    for channel, values in enumerate(image.reshape(image.shape[0], -1)):
+        value = values[0]
+        count = int((values == value).sum())
+        if float(value) != 0.0 and count > NONZERO_BACKGROUND_SHARE * values.numel():
+            logger.warning(
+                f"{path}: {count / values.numel():.0%} of channel {channel} holds the value {float(value):g}; if that "
+                "is the background, intensity normalisation (which leaves out zeros only) is computed mostly on it: "
+                "set the background to 0 (docs/own_data.md)."
+            )
+            return
+
+
 def _check_same_grid(path: Path, channel: torch.Tensor, first_path: Path, first: torch.Tensor) -> None:
     """Raise a DataError naming ``path`` when its channel file is not on the same voxel grid as the first one."""
     if channel.shape[1:] != first.shape[1:]:
@@ -255,3 +284,33 @@ def _check_same_grid(path: Path, channel: torch.Tensor, first_path: Path, first:
             f"affine differs from {first_path.name}'s: the channel files of a case must be on the same voxel grid "
             "(resample them onto one first).",
         )
+
+
+def left_right_axes(cases: Sequence[Mapping], slice_axis: int | None = 2, image_key: str = "image") -> list[int]:
+    """
+    The volume axis that runs left-right according to the cases' NIfTI headers, as the ``spatial_axis`` of the
+    training flip: ``[1]`` for the LGG volumes of ``scripts/prepare_lgg.py``, ``[0]`` for RAS or LPS ones. Empty (no
+    flip), with a warning, when that axis is the one slices are cut across, or when the cases disagree or a header
+    names no left-right axis. Headers that cannot be read are left to the pre-run check, which names them.
+
+    Args:
+        cases: items of a datalist; the image may be a list of channel files (the first is read).
+        slice_axis: the axis the 2D network's slices are cut across (None for 3D).
+        image_key: key of the image path.
+    """
+    axes = set()
+    for case in cases:
+        path = case[image_key] if isinstance(case[image_key], str) else case[image_key][0]
+        try:
+            codes = nib.orientations.aff2axcodes(nib.load(path).affine)
+        except Exception:  # unreadable or not NIfTI: check_cases reports it
+            continue
+        axes.add(next((axis for axis, code in enumerate(codes) if code in ("L", "R")), None))
+    if len(axes) == 1 and None not in axes and axes != {slice_axis}:
+        return sorted(axes)
+    if axes:
+        logger.warning(
+            f"no left-right training flip: the volumes' left-right axis is {sorted(axes, key=str)} by their headers "
+            f"(slices cut across axis {slice_axis}); set --flip_axes to flip along other axes."
+        )
+    return []

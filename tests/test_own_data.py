@@ -1,0 +1,163 @@
+"""
+docs/own_data.md followed on data in another layout than LGG's: BraTS-like cases, one folder per case with the same
+file names inside, two channels, labels 0, 1, 2 and 4, LPS orientation, prepared by ``scripts/prepare_folders.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, run_bundle
+from xunet_bundle.data import DataError, write_nifti
+from xunet_bundle.decathlon import prepare_case_folders
+
+LPS = np.diag([-1.0, -1.0, 2.0, 1.0])
+CHANNELS = ["['{case}/flair.nii.gz','{case}/t1c.nii.gz']", "{case}/seg.nii.gz"]
+IMAGES, LABEL = ["{case}/flair.nii.gz", "{case}/t1c.nii.gz"], "{case}/seg.nii.gz"
+
+
+def brats_like(root: Path, cases: int = 6, size: int = 48, depth: int = 6) -> Path:
+    """Cases ``case_<i>/flair.nii.gz``, ``t1c.nii.gz``, ``seg.nii.gz`` (0 background, 1, 2, 4 tumour parts)."""
+    rng = np.random.default_rng(0)
+    for index in range(cases):
+        folder = root / f"case_{index}"
+        folder.mkdir(parents=True)
+        yy, xx = np.mgrid[:size, :size]
+        centre = rng.integers(14, size - 14, 2)
+        radius = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2
+        label = np.zeros((size, size, depth), np.uint8)
+        label[radius < 81] = 2
+        label[radius < 36] = 1
+        label[radius < 9] = 4
+        brain = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 2 - 2) ** 2)[..., None]
+        for name, gain in (("flair", 1.0), ("t1c", 0.5)):
+            image = (brain * 100.0 + (label > 0) * 80.0 * gain + rng.normal(0, 5, label.shape)) * brain
+            write_nifti(image.astype(np.float32), LPS, folder / f"{name}.nii.gz")
+        write_nifti(label, LPS, folder / "seg.nii.gz")
+    return root
+
+
+def test_prepare_folders_writes_a_datalist_with_mapped_labels(tmp_path):
+    src = brats_like(tmp_path / "brats")
+    dst = tmp_path / "prepared"
+    datalist = prepare_case_folders(src, dst, IMAGES, LABEL, {2: 1, 4: 1}, num_folds=2, test_fraction=0.2)
+    entries = datalist["training"] + datalist["testing"]
+    assert len(datalist["testing"]) == 1 and len(entries) == 6 and {e["fold"] for e in datalist["training"]} == {0, 1}
+    assert json.loads((dst / "datalist.json").read_text()) == datalist
+    for entry in entries:
+        case = Path(entry["label"]).name.split(".")[0]
+        assert [Path(p).as_posix() for p in entry["image"]] == [
+            f"../brats/{case}/flair.nii.gz",
+            f"../brats/{case}/t1c.nii.gz",
+        ]
+        label = nib.load(dst / entry["label"])
+        original = np.asarray(nib.load(src / case / "seg.nii.gz").dataobj)
+        np.testing.assert_array_equal(np.asarray(label.dataobj), (original > 0).astype(np.uint8))
+        np.testing.assert_allclose(label.affine, LPS)
+
+
+@pytest.mark.parametrize(
+    "damage, culprit, problem",
+    [
+        (
+            lambda src: (src / "case_3" / "t1c.nii.gz").unlink(),
+            "case_3/t1c.nii.gz",
+            "case 'case_3' has no file matching",
+        ),
+        (lambda src: os.link(src / "case_1" / "seg.nii.gz", src / "case_1" / "seg2.nii.gz"), None, None),
+        (
+            lambda src: write_nifti(np.zeros((48, 40, 6), np.float32), LPS, src / "case_2" / "t1c.nii.gz"),
+            "case_2/t1c.nii.gz",
+            r"spatial size \(48, 40, 6\) differs from flair.nii.gz's \(48, 48, 6\)",
+        ),
+        (
+            lambda src: write_nifti(np.zeros((48, 48, 6), np.uint8), np.eye(4), src / "case_4" / "seg.nii.gz"),
+            "case_4/seg.nii.gz",
+            "not on the same voxel grid",
+        ),
+    ],
+)
+def test_prepare_folders_names_the_case_that_does_not_fit(tmp_path, damage, culprit, problem):
+    src = brats_like(tmp_path / "brats")
+    damage(src)
+    dst = tmp_path / "prepared"
+    if problem is None:  # a second file matching a pattern: only when the pattern is loose
+        prepare_case_folders(src, dst, IMAGES, LABEL, num_folds=2)
+        with pytest.raises(DataError, match=r"case 'case_1' has 2 files matching '\{case\}/seg\*\.nii\.gz'"):
+            prepare_case_folders(src, dst, IMAGES, "{case}/seg*.nii.gz", num_folds=2)
+        return
+    with pytest.raises(DataError, match=problem) as error:
+        prepare_case_folders(src, dst, IMAGES, LABEL, num_folds=2)
+    assert culprit in str(error.value)
+    assert not (dst / "datalist.json").exists()
+
+
+@pytest.mark.parametrize(
+    "images, label, label_map, option",
+    [
+        ("{case}/flair.nii.gz", LABEL, None, "--images"),
+        (["flair.nii.gz"], LABEL, None, "--images"),
+        (["{case}/flair.nii.gz", "{case}/flair.nii.gz"], LABEL, None, "--images"),
+        (IMAGES, "/abs/{case}/seg.nii.gz", None, "--label"),
+        (IMAGES, "../{case}/seg.nii.gz", None, "--label"),
+        (IMAGES, LABEL, {2: -1}, "--label_map"),
+        (IMAGES, LABEL, "whole", "--label_map"),
+    ],
+)
+def test_prepare_folders_refuses_bad_options(tmp_path, images, label, label_map, option):
+    src = brats_like(tmp_path / "brats", cases=2)
+    with pytest.raises(DataError, match=f"^{option}: "):
+        prepare_case_folders(src, tmp_path / "prepared", images, label, label_map)
+
+
+@pytest.mark.slow  # three bundle commands
+def test_own_data_page_followed_on_brats_like_cases(tmp_path):
+    """Prepare, train, evaluate and segment as docs/own_data.md says; outputs named after the cases, on their grid."""
+    src = brats_like(tmp_path / "brats")
+    dst = tmp_path / "prepared"
+    prepare = subprocess.run(
+        [sys.executable, "scripts/prepare_folders.py", "--src", str(src), "--dst", str(dst), "--images", CHANNELS[0],
+         "--label", CHANNELS[1], "--label_map", "{2: 1, 4: 1}", "--num_folds", "2"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert prepare.returncode == 0, prepare.stderr
+    assert "train with --in_channels 2" in prepare.stdout
+    run = tmp_path / "run"
+    train = run_bundle(
+        "run", "training", "--config_file", "configs/train.json", "--dataset_dir", str(dst), "--in_channels", "2",
+        "--output_dir", str(run), "--ckpt_dir", str(run / "models"), "--epochs", "1", "--num_workers", "0",
+        "--progress", "False", "--volumes_per_batch", "1",
+    )  # fmt: skip
+    assert "no left-right training flip" not in train.stdout + train.stderr  # LPS: axis 0 is left-right
+    evaluate = run_bundle(
+        "run", "evaluating", "--config_file", "['configs/train.json','configs/evaluate.json']", "--dataset_dir",
+        str(dst), "--in_channels", "2", "--ckpt_dir", str(run / "models"), "--output_dir", str(run / "eval"),
+        "--num_workers", "0",
+    )  # fmt: skip
+    assert "plain output" in evaluate.stdout + evaluate.stderr  # no LGG post-processing on a new model
+    (dice,) = [line for line in (run / "eval" / "test_mean_dice_raw.csv").read_text().splitlines()[1:]]
+    assert "/flair.nii.gz" in dice
+    flat = tmp_path / "flat"  # inference reads one folder: the cases' files linked under their case names
+    flat.mkdir()
+    for case in sorted(src.iterdir()):
+        for channel in ("flair", "t1c"):
+            (flat / f"{case.name}_{channel}.nii.gz").symlink_to(case / f"{channel}.nii.gz")
+    run_bundle(
+        "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(flat), "--in_channels",
+        "2", "--channel_suffixes", "['_flair','_t1c']", "--ckpt_dir", str(run / "models"), "--output_dir",
+        str(run / "seg"),
+    )  # fmt: skip
+    outputs = sorted(p.name for p in (run / "seg").iterdir())
+    assert outputs == [f"case_{index}_seg.nii.gz" for index in range(6)]
+    for index in range(6):
+        seg = nib.load(run / "seg" / f"case_{index}_seg.nii.gz")
+        assert seg.shape == (48, 48, 6)
+        np.testing.assert_allclose(seg.affine, LPS)
