@@ -2,8 +2,8 @@
 Build the archive the MONAI Model Zoo hosts: ``<name>_v<version>.zip`` with a single top-level ``<name>/`` folder
 holding ``configs/``, ``models/`` (the weights themselves), ``docs/``, ``LICENSE``, the ``xunet_bundle`` package the
 configs import, and the data converters its docs tell a user to run (``scripts/prepare_lgg.py``,
-``prepare_decathlon.py``, ``stack_channels.py``, ``make_demo_data.py``); no tests, other scripts, caches or data. The
-version comes from ``configs/metadata.json``.
+``prepare_decathlon.py``, ``prepare_folders.py``, ``stack_channels.py``, ``make_demo_data.py``); no tests, other
+scripts, caches or data. The version comes from ``configs/metadata.json``.
 
 ``large_files.yml`` is not in the archive, which holds the weights: it is the file a Model Zoo pull request carries
 instead of them, and its URL is the address the weights will have once the release is published (fill it in then).
@@ -34,6 +34,7 @@ CONTENT = (
     "LICENSE",
     "scripts/prepare_lgg.py",
     "scripts/prepare_decathlon.py",
+    "scripts/prepare_folders.py",
     "scripts/stack_channels.py",
     "scripts/make_demo_data.py",
 )

@@ -40,7 +40,7 @@ def test_archive_holds_the_bundle_and_nothing_else(unpacked, shipped_weights):
     bundle = unpacked / BUNDLE_NAME
     top = {p.name for p in bundle.iterdir()}
     assert top == {"configs", "models", "docs", "xunet_bundle", "LICENSE", "scripts"}
-    scripts = {"prepare_lgg.py", "prepare_decathlon.py", "stack_channels.py", "make_demo_data.py"}
+    scripts = {"prepare_lgg.py", "prepare_decathlon.py", "prepare_folders.py", "stack_channels.py", "make_demo_data.py"}
     assert {p.name for p in (bundle / "scripts").iterdir()} == scripts  # the converters its docs tell users to run
     assert not list(bundle.rglob("__pycache__")) and not list(bundle.rglob("test_*"))
     assert (bundle / "models" / "model.pt").read_bytes() == shipped_weights.read_bytes()
