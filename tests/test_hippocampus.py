@@ -121,7 +121,7 @@ def test_configuration_builds_3d_networks_and_sliding_windows(network):
     assert type(net).__name__ == ("BasicUNet" if network == "basicunet" else "CrossBasicUNet")
     logits = net.eval()(torch.zeros(1, 1, 35, 50, 36))  # a typical case, not divisible by 16
     assert logits.shape == (1, 3, 35, 50, 36)
-    assert isinstance(parser.get_parsed_content("validate#inferer").inferer, SlidingWindowInferer)
+    assert isinstance(parser.get_parsed_content("validate#inferer").inferer.inferer, SlidingWindowInferer)
 
 
 @pytest.mark.slow  # benchmarks/run.sh, a protocol tool, trains two networks
