@@ -116,7 +116,7 @@ def test_lgg_training_flips_slices_along_the_volume_axis_mirror_axes_names():
     parser.read_config(str(REPO_ROOT / "configs" / "train.json"))
     assert parser["window_inferer"]["spatial_dim"] == 2
     flips = [t for t in parser.get_parsed_content("train_transforms") if type(t).__name__ == "RandFlipd"]
-    assert [flip.flipper.spatial_axis for flip in flips] == [1]
+    assert [flip.flipper.spatial_axis for flip in flips] == [[1]]
 
 
 def test_amp_on_cpu_runs_the_network_in_bf16_where_supported(monkeypatch):
