@@ -43,6 +43,7 @@ from xunet_bundle.runtime import cpu_supports_bf16  # noqa: E402
 SETTINGS = {
     "default": [],
     "fp32": ["--amp", "False"],
+    "bf16": ["--amp", "True"],
     "fp32, no mirroring": ["--amp", "False", "--mirror_axes", "[]"],
     "bf16, no mirroring": ["--amp", "True", "--mirror_axes", "[]"],
     "bf16, 8 slices per call": ["--amp", "True", "--sw_batch_size", "8"],
@@ -136,7 +137,7 @@ def network_runtimes(batch: int, repeats: int, compile_network: bool) -> dict[st
 def main(
     dataset_dir: str,
     patients: tuple[str, ...] = ("TCGA_DU_7309_19960831", "TCGA_HT_7881_19981015"),
-    settings: tuple[str, ...] = tuple(SETTINGS),
+    settings: tuple[str, ...] = tuple(name for name in SETTINGS if name != "bf16"),
     repeats: int = 3,
     network: bool = True,
     batch: int = 4,
@@ -191,7 +192,7 @@ def main(
 
 def dice(
     dataset_dir: str,
-    settings: tuple[str, ...] = ("fp32", "default"),
+    settings: tuple[str, ...] = ("fp32", "bf16"),
     tolerance: float = 0.002,
     json_out: str | None = None,
 ) -> None:
