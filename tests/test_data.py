@@ -378,6 +378,7 @@ def test_a_background_that_is_not_zero_is_warned_about(caplog):
     z_scored[1, :12] = -3.6  # three quarters of the second channel: background, z-scored
     _warn_if_background_not_zero(Path("/in/brats.nii.gz"), z_scored)
     assert "/in/brats.nii.gz: 75% of channel 1 holds the value -3.6" in caplog.text
+    assert "pass --background_value -3.6" in caplog.text
     caplog.clear()
     zero_background = torch.randn(2, 16, 16, 4)
     zero_background[:, :12] = 0

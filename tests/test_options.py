@@ -21,6 +21,7 @@ VALID = {
     "foreground_threshold": None,
     "mirror_axes": [],
     "flip_axes": None,
+    "background_value": None,
     "roi_size": [-1, -1],
     "fold": "all",
     "eval_subset": "test",
@@ -43,7 +44,7 @@ def test_every_rule_has_a_valid_example_and_the_defaults_pass():
     check_options(VALID)
     check_options({**VALID, "foreground_threshold": 0.2, "mirror_axes": [0, 1, 2], "fold": 3, "roi_size": [64, 64, 8]})
     check_options({**VALID, "flip_axes": []})
-    check_options({**VALID, "flip_axes": [0]})
+    check_options({**VALID, "flip_axes": [0], "background_value": -3.6})
     check_options({"not_an_option": object()})
 
 
@@ -76,6 +77,8 @@ def test_every_rule_has_a_valid_example_and_the_defaults_pass():
         ("mirror_axes", 1),
         ("flip_axes", [3]),
         ("flip_axes", "auto"),
+        ("background_value", float("nan")),
+        ("background_value", "-3.6"),
         ("roi_size", [0, 0]),
         ("roi_size", [64]),
         ("roi_size", "64"),

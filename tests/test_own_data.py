@@ -161,3 +161,22 @@ def test_own_data_page_followed_on_brats_like_cases(tmp_path):
         seg = nib.load(run / "seg" / f"case_{index}_seg.nii.gz")
         assert seg.shape == (48, 48, 6)
         np.testing.assert_allclose(seg.affine, LPS)
+
+
+def test_a_background_value_is_set_to_zero_before_normalisation(tmp_path):
+    """z-scored volumes (background -3.6): with --background_value the statistics are the foreground's alone."""
+    from monai.bundle import ConfigParser
+
+    image = np.full((40, 40, 2), -3.6, np.float32)
+    image[10:30, 10:30] = np.linspace(-1.0, 3.0, 400 * 2, dtype=np.float32).reshape(20, 20, 2)
+    write_nifti(image, LPS, tmp_path / "z.nii.gz")
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs" / "inference.json"))
+    parser.update({"in_channels": 1, "background_value": -3.6})
+    normalised = parser.get_parsed_content("preprocessing")({"image": str(tmp_path / "z.nii.gz")})["image"][0]
+    foreground = normalised[10:30, 10:30]
+    assert float(normalised[0, 0, 0]) == 0.0
+    assert abs(float(foreground.mean())) < 1e-4 and abs(float(foreground.std()) - 1.0) < 0.01
+    parser.update({"background_value": None})
+    plain = parser.get_parsed_content("preprocessing", lazy=False)({"image": str(tmp_path / "z.nii.gz")})["image"][0]
+    assert float(plain[0, 0, 0]) != 0.0  # the background counted as foreground: what the warning is about

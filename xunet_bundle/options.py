@@ -80,6 +80,11 @@ OPTION_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "learning_rate": (_positive_number, "a finite positive number"),
     "foreground_threshold": (_probability_or_none, "None (argmax) or a foreground probability in (0, 1]"),
     "mirror_axes": (_volume_axes, "a list of distinct volume axes among 0, 1 and 2, such as [] or [1]"),
+    "background_value": (
+        lambda value: value is None
+        or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)),
+        "None (the background is 0) or the finite intensity of the images' background",
+    ),
     "flip_axes": (
         lambda value: value is None or _volume_axes(value),
         "None (the left-right axis of the volumes' orientation) or a list of distinct volume axes, such as [] or [1]",

@@ -16,7 +16,7 @@ from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform
 
 from .data import DataError
 
-__all__ = ["CheckCased", "check_cases", "left_right_axes"]
+__all__ = ["CheckCased", "check_cases", "left_right_axes", "zero_background"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ def check_cases(
     image_key: str = "image",
     label_key: str = "label",
     require_label: bool = False,
+    background_value: float | None = None,
 ) -> None:
     """
     Read every case once before a run starts, so that a bad file stops the run at once with a single
@@ -151,6 +152,8 @@ def check_cases(
         image_key: key of the image path.
         label_key: key of the label path.
         require_label: every case must have a label (training, evaluation).
+        background_value: the images' background intensity that the run sets to 0 before normalisation (None: 0
+            already; a channel mostly of one other value is then warned about).
     """
     load = LoadImage(image_only=True, reader="NibabelReader", squeeze_non_spatial_dims=True)  # as the configs do
     channel_first = EnsureChannelFirst()
@@ -198,7 +201,8 @@ def check_cases(
             _check_label_grid(label_path, loaded[label_key], image_path, loaded[image_key])
         check(loaded)
         _warn_if_constant(image_path, loaded[image_key])
-        _warn_if_background_not_zero(image_path, loaded[image_key])
+        if background_value is None:
+            _warn_if_background_not_zero(image_path, loaded[image_key])
 
 
 def _header_affine(path: Path, key: str) -> np.ndarray | None:
@@ -267,7 +271,7 @@ def _warn_if_background_not_zero(path: Path, image: torch.Tensor) -> None:
             logger.warning(
                 f"{path}: {count / values.numel():.0%} of channel {channel} holds the value {float(value):g}; if that "
                 "is the background, intensity normalisation (which leaves out zeros only) is computed mostly on it: "
-                "set the background to 0 (docs/own_data.md)."
+                f"pass --background_value {float(value):g} (docs/own_data.md)."
             )
             return
 
@@ -314,3 +318,15 @@ def left_right_axes(cases: Sequence[Mapping], slice_axis: int | None = 2, image_
             f"(slices cut across axis {slice_axis}); set --flip_axes to flip along other axes."
         )
     return []
+
+
+def zero_background(image: torch.Tensor, value: float) -> torch.Tensor:
+    """
+    ``image`` with the voxels equal to ``value`` set to 0, for ``Lambdad`` before ``NormalizeIntensityd(nonzero=True)``
+    on data whose background is not 0 (z-scored volumes).
+
+    Args:
+        image: the image (a MetaTensor keeps its metadata).
+        value: the background intensity.
+    """
+    return torch.where(image == value, torch.zeros_like(image), image)
