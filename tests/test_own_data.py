@@ -180,3 +180,47 @@ def test_a_background_value_is_set_to_zero_before_normalisation(tmp_path):
     parser.update({"background_value": None})
     plain = parser.get_parsed_content("preprocessing", lazy=False)({"image": str(tmp_path / "z.nii.gz")})["image"][0]
     assert float(plain[0, 0, 0]) != 0.0  # the background counted as foreground: what the warning is about
+
+
+def test_prepare_folders_never_writes_over_the_source_or_leaves_half_a_result(tmp_path):
+    src = brats_like(tmp_path / "brats")
+    (src / ".hidden" / "case_x").mkdir(parents=True)  # hidden entries are not cases
+    with pytest.raises(DataError, match="lies inside --src: the mapped labels would replace the source's"):
+        prepare_case_folders(src, src / "case_0", IMAGES, LABEL, {2: 1})
+    with pytest.raises(DataError, match=r"^--label_map: .*0\.\.255, got 2: 300"):
+        prepare_case_folders(src, tmp_path / "out", IMAGES, LABEL, {2: 300})
+    dst = tmp_path / "out"
+    (dst / "datalist.json").mkdir(parents=True)
+    with pytest.raises(DataError, match="datalist.json: exists and is not a file"):
+        prepare_case_folders(src, dst, IMAGES, LABEL, {2: 1}, num_folds=2)
+    assert sorted(p.name for p in dst.iterdir()) == ["datalist.json"]  # no label written before the check
+    (dst / "datalist.json").rmdir()
+    prepare_case_folders(src, dst, IMAGES, LABEL, {2: 1, 4: 1}, num_folds=2)
+    assert len(list((dst / "labelsTr").glob("*.nii.gz"))) == 6
+    write_nifti(np.full((48, 48, 6), 0.5, np.float32), LPS, src / "case_5" / "seg.nii.gz")
+    before = (dst / "datalist.json").read_bytes(), sorted((dst / "labelsTr").iterdir())
+    with pytest.raises(DataError, match="case_5/seg.nii.gz: label values must be whole numbers"):
+        prepare_case_folders(src, dst, IMAGES, LABEL, {4: 3}, num_folds=2)
+    assert ((dst / "datalist.json").read_bytes(), sorted((dst / "labelsTr").iterdir())) == before
+    assert not list(dst.glob(".staging-*"))
+    write_nifti(np.zeros((48, 48, 6), np.uint8), LPS, src / "case_5" / "seg.nii.gz")
+    datalist = prepare_case_folders(src, dst, IMAGES, LABEL, {1: 1}, num_folds=2)  # changes nothing: no labelsTr
+    assert not (dst / "labelsTr").exists() and datalist["testing"][0]["label"].startswith("../brats/")
+
+
+def test_prepare_folders_refuses_a_file_used_twice_and_names_a_missing_first_channel(tmp_path):
+    src = brats_like(tmp_path / "brats")
+    with pytest.raises(DataError, match="the same file as"):
+        prepare_case_folders(src, tmp_path / "out", ["{case}/flair.nii.gz", "{case}/*lair.nii.gz"], LABEL)
+    (src / "case_4" / "flair.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"case_4/flair.nii.gz: case 'case_4' has no file matching"):
+        prepare_case_folders(src, tmp_path / "out", IMAGES, LABEL)
+
+
+def test_prepare_folders_into_a_linked_destination_writes_paths_that_resolve(tmp_path):
+    src = brats_like(tmp_path / "brats")
+    (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "deep" / "a" / "b")
+    datalist = prepare_case_folders(src, tmp_path / "link", ["./{case}//flair.nii.gz", "{case}/t1c.nii.gz"], LABEL)
+    for entry in datalist["training"] + datalist["testing"]:
+        assert all((tmp_path / "link" / path).is_file() for path in [*entry["image"], entry["label"]])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import posixpath
 import re
+import shutil
 from collections.abc import Sequence
 from glob import escape as glob_escape
 from pathlib import Path
@@ -144,6 +146,9 @@ def prepare_datalist(
 
 
 CASE = "{case}"
+MAPPED_LABELS = "labelsTr"  # what prepare_case_folders owns in its destination with --label_map, replaced as a whole
+OWNER_MARK = ".written-by-prepare_folders"
+MAX_LABEL = 255  # mapped labels are written as uint8
 
 
 def _case_regex(pattern: str) -> re.Pattern:
@@ -153,9 +158,13 @@ def _case_regex(pattern: str) -> re.Pattern:
 
 
 def _check_patterns(images: object, label: object) -> tuple[list[str], str]:
-    """The ``--images`` and ``--label`` patterns, checked: strings relative to the source, each with one ``{case}``."""
+    """
+    The ``--images`` and ``--label`` patterns, checked and normalised (``./`` and doubled slashes removed): strings
+    relative to the source, each holding ``{case}`` once, all different.
+    """
     if isinstance(images, str) or not isinstance(images, (list, tuple)) or not images:
         raise DataError("--images", f"must be a list of path patterns, one per channel, got {images!r}.")
+    patterns = []
     for option, pattern in [*(("--images", p) for p in images), ("--label", label)]:
         if not isinstance(pattern, str) or pattern.count(CASE) != 1 or pattern.startswith("/") or ".." in pattern:
             raise DataError(
@@ -163,20 +172,36 @@ def _check_patterns(images: object, label: object) -> tuple[list[str], str]:
                 f"each pattern is a path relative to --src holding {CASE} once, such as '{CASE}/*_flair.nii.gz' or "
                 f"'imagesTr/{CASE}_0000.nii.gz', got {pattern!r}.",
             )
-    if len(set(images)) != len(images):
-        raise DataError("--images", f"the channel patterns must differ, got {list(images)}.")
-    return list(images), label
+        patterns.append(posixpath.normpath(pattern))
+    if len(set(patterns)) != len(patterns):
+        raise DataError("--images", f"the channel and label patterns must differ, got {patterns}.")
+    return patterns[:-1], patterns[-1]
 
 
-def _check_label_map(label_map: object) -> dict[int, int] | None:
-    """``--label_map`` as a mapping of label values, or None."""
+def _check_label_map(label_map: object) -> dict[int, int]:
+    """``--label_map`` as a mapping of label values, without the values it leaves as they are."""
     if label_map is None:
-        return None
+        return {}
     if not isinstance(label_map, dict) or not label_map:
         raise DataError("--label_map", f"must be a mapping of label values such as {{2: 1, 4: 1}}, got {label_map!r}.")
-    if not all(isinstance(k, int) and isinstance(v, int) and k >= 0 and v >= 0 for k, v in label_map.items()):
-        raise DataError("--label_map", f"keys and values must be non-negative integers, got {label_map!r}.")
-    return dict(label_map)
+    for old, new in label_map.items():
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (old, new)) or new > MAX_LABEL:
+            raise DataError(
+                "--label_map", f"keys and values must be whole numbers 0..{MAX_LABEL}, got {old!r}: {new!r}."
+            )
+    return {old: new for old, new in label_map.items() if old != new}
+
+
+def _find_cases(src: Path, patterns: Sequence[str]) -> list[str]:
+    """The case names that any pattern matches under ``src``; hidden entries (``.*``, macOS ``._*``) are left out."""
+    regexes = [_case_regex(pattern) for pattern in patterns]
+    cases = set()
+    for path in src.rglob("*"):
+        relative = path.relative_to(src).as_posix()
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue
+        cases.update(m["case"] for regex in regexes if (m := regex.match(relative)))
+    return sorted(cases, key=natural_key)
 
 
 def _match_one(src: Path, pattern: str, case: str) -> Path:
@@ -193,26 +218,40 @@ def _match_one(src: Path, pattern: str, case: str) -> Path:
     return matches[0]
 
 
-def _check_grid(path: Path, first: Path) -> None:
-    """A DataError naming ``path`` when its voxel grid (shape, affine) differs from that of ``first``."""
+def _volume_header(path: Path) -> nib.Nifti1Image:
+    """``path`` opened by nibabel (the header only), checked to be a non-empty 3D volume."""
     try:
-        image, reference = nib.load(path), nib.load(first)
+        image = nib.load(path)
     except Exception as e:
         raise DataError(path, f"cannot read the NIfTI header ({type(e).__name__}: {one_line(str(e), 200)}).") from e
-    if image.shape[:3] != reference.shape[:3]:
-        raise DataError(path, f"spatial size {image.shape[:3]} differs from {first.name}'s {reference.shape[:3]}.")
+    if len(image.shape) != 3 or 0 in image.shape:
+        raise DataError(path, f"expected a non-empty 3D volume (one file per channel), got shape {image.shape}.")
+    return image
+
+
+def _check_grid(path: Path, image: nib.Nifti1Image, first: Path, reference: nib.Nifti1Image) -> None:
+    """A DataError naming ``path`` when its voxel grid (shape, affine) differs from that of ``first``."""
+    if image.shape != reference.shape:
+        raise DataError(path, f"spatial size {image.shape} differs from {first.name}'s {reference.shape}.")
     if not np.allclose(image.affine, reference.affine, atol=1e-4):
         raise DataError(path, f"its voxel-to-world affine differs from {first.name}'s: not on the same voxel grid.")
 
 
 def _write_mapped_label(path: Path, label_map: dict[int, int], target: Path) -> None:
-    """Write ``path``'s label with its values mapped by ``label_map`` (others kept) to ``target``."""
-    label = nib.load(path)
-    values = np.asarray(label.dataobj)
+    """Write ``path``'s label with its values mapped by ``label_map`` (others kept) to ``target`` as uint8."""
+    try:
+        label = nib.load(path)
+        values = np.asarray(label.dataobj, dtype=np.float64)
+    except Exception as e:  # a truncated file is found only when its voxels are read
+        raise DataError(path, f"cannot read the label ({type(e).__name__}: {one_line(str(e), 200)}).") from e
+    if not np.isfinite(values).all() or (values < 0).any() or (values != np.round(values)).any():
+        raise DataError(path, "label values must be whole numbers 0, 1, 2, ... (found negative, fractional or NaN).")
     mapped = values.copy()
     for old, new in label_map.items():
         mapped[values == old] = new
-    write_nifti(mapped.astype(np.uint8 if mapped.max() < 256 else np.int16), label.affine, target)
+    if mapped.max() > MAX_LABEL:
+        raise DataError(path, f"label value {int(mapped.max())} is above {MAX_LABEL} after --label_map; map it too.")
+    write_nifti(mapped.astype(np.uint8), label.affine, target)
 
 
 def prepare_case_folders(
@@ -228,10 +267,12 @@ def prepare_case_folders(
     """
     Write ``dst/datalist.json`` for cases stored one file per channel, found by path patterns with a ``{case}``
     placeholder: one folder per case (BraTS: ``{case}/*_flair.nii.gz``) or flat folders (nnU-Net's raw layout:
-    ``imagesTr/{case}_0000.nii.gz`` and ``labelsTr/{case}.nii.gz``). The cases are those the first image pattern
-    matches; each must have exactly one file per pattern, all on one voxel grid. The split is case-level, as
-    :func:`prepare_datalist` makes it. Images are not copied; labels are written to ``dst/labelsTr`` only when
-    ``label_map`` changes their values.
+    ``imagesTr/{case}_0000.nii.gz`` and ``labelsTr/{case}.nii.gz``). The cases are the names any pattern matches
+    (hidden entries left out); each must have exactly one file per pattern, no file used twice, all non-empty 3D
+    volumes on one voxel grid. The split is case-level, as :func:`prepare_datalist` makes it. Images are not copied.
+    With ``label_map`` the labels are written, values mapped, to ``dst/labelsTr/``, which the run replaces as a whole
+    once every label is written (never inside ``src``); without it, a ``labelsTr/`` an earlier run wrote is removed.
+    Everything is checked before anything is written.
 
     Args:
         src: the dataset's folder.
@@ -252,33 +293,47 @@ def prepare_case_folders(
     label_map = _check_label_map(label_map)
     if file_type(src) != "folder":
         raise DataError(src, "folder not found.")
-    first = _case_regex(images[0])
-    cases = sorted(
-        {m["case"] for p in src.rglob("*") if (m := first.match(p.relative_to(src).as_posix()))}, key=natural_key
-    )
+    mapped_labels = dst / MAPPED_LABELS
+    if label_map and is_inside(mapped_labels.resolve(), src.resolve()):
+        raise DataError("--dst", f"{mapped_labels} lies inside --src: the mapped labels would replace the source's.")
+    for target, kind in ((dst / "datalist.json", "file"), (mapped_labels, "folder")):
+        if os.path.lexists(target) and file_type(target) != kind:
+            raise DataError(target, f"exists and is not a {kind} ({describe(file_type(target))}).")
+    if label_map and mapped_labels.is_dir() and not (mapped_labels / OWNER_MARK).is_file():
+        raise DataError(mapped_labels, "exists and was not written by this command: move it, or choose another --dst.")
+    cases = _find_cases(src, [*images, label])
     if not cases:
-        raise DataError(src, f"no file matches the first image pattern {images[0]!r}.")
-    files = {}
+        raise DataError(src, f"no file matches the patterns {[*images, label]}.")
+    files, used = {}, {}
     for case in cases:
-        channels = [_match_one(src, pattern, case) for pattern in images]
-        label_file = _match_one(src, label, case)
-        for path in [*channels[1:], label_file]:
-            _check_grid(path, channels[0])
-        files[case] = {"image": channels, "label": label_file}
+        paths = [_match_one(src, pattern, case) for pattern in [*images, label]]
+        for path in paths:
+            other = used.setdefault(path.resolve(), path)
+            if other != path or paths.count(path) > 1:
+                raise DataError(path, f"the same file as {other} (one file matched twice, or a link): use it once.")
+        headers = [_volume_header(path) for path in paths]
+        for path, header in zip(paths[1:], headers[1:]):
+            _check_grid(path, header, paths[0], headers[0])
+        files[case] = {"image": paths[:-1], "label": paths[-1]}
     check_split_size(cases, num_folds, test_fraction, seed, "cases")
     check_output_dirs(dst)
     folds, test = split_patients(cases, num_folds, test_fraction, seed)
     with output_lock(dst):
-        remove_leftovers(dst, [r"\.datalist\.json\..*", r"\..*\.partial-.*"])
+        remove_leftovers(dst, [r"\.datalist\.json\..*", rf"\.staging-{MAPPED_LABELS}-.*"])
+        staging = dst / f".staging-{MAPPED_LABELS}-{os.getpid()}"
         if label_map:
-            (dst / "labelsTr").mkdir(exist_ok=True)
-            for case in cases:
-                target = dst / "labelsTr" / f"{case}.nii.gz"
-                _write_mapped_label(files[case]["label"], label_map, target)
-                files[case]["label"] = target
+            staging.mkdir()
+            try:
+                for case in cases:
+                    _write_mapped_label(files[case]["label"], label_map, staging / f"{case}.nii.gz")
+                    files[case]["label"] = mapped_labels / f"{case}.nii.gz"
+                (staging / OWNER_MARK).touch()
+            except BaseException:  # an interrupted or failed run leaves the destination as it was
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
 
         def entry(case: str) -> dict:
-            relative = lambda path: os.path.relpath(path.absolute(), dst.absolute())  # noqa: E731
+            relative = lambda path: os.path.relpath(path.absolute(), dst.resolve())  # noqa: E731
             return {"image": [relative(p) for p in files[case]["image"]], "label": relative(files[case]["label"])}
 
         datalist = {
@@ -287,5 +342,9 @@ def prepare_case_folders(
             "training": [{**entry(case), "fold": folds[case]} for case in sorted(folds, key=natural_key)],
             "testing": [entry(case) for case in test],
         }
+        if (mapped_labels / OWNER_MARK).is_file() or label_map:
+            shutil.rmtree(mapped_labels, ignore_errors=True)  # an earlier run's, replaced or no longer used
+        if label_map:
+            staging.rename(mapped_labels)
         atomic_write_json(datalist, dst / "datalist.json")
     return datalist
