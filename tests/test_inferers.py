@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
@@ -10,6 +11,7 @@ from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
 
 from conftest import REPO_ROOT
 from xunet_bundle import CrossBasicUNet, runtime
+from xunet_bundle.data import LGG_AFFINE, write_nifti
 from xunet_bundle.inferers import CpuAutocastInferer, MirroringInferer
 
 
@@ -109,11 +111,13 @@ def test_configs_wrap_their_inferer_with_their_default_mirroring(
     assert parser.get_parsed_content("inferer", lazy=False).spatial_axes == ()
 
 
-def test_lgg_training_flips_slices_along_the_volume_axis_mirror_axes_names():
+def test_lgg_training_flips_slices_along_the_volume_axis_mirror_axes_names(tmp_path):
     """A 2D slice's second axis is the volume's axis 1 (SliceInferer slices along the last axis), so LGG models can
     be mirrored with ``--mirror_axes "[1]"``."""
+    write_nifti(np.zeros((8, 8, 2, 3), np.float32), LGG_AFFINE, tmp_path / "lgg.nii.gz")  # as prepare_lgg.py writes
     parser = ConfigParser()
     parser.read_config(str(REPO_ROOT / "configs" / "train.json"))
+    parser["train#dataset#data"] = [{"image": str(tmp_path / "lgg.nii.gz")}]
     assert parser["window_inferer"]["spatial_dim"] == 2
     flips = [t for t in parser.get_parsed_content("train_transforms") if type(t).__name__ == "RandFlipd"]
     assert [flip.flipper.spatial_axis for flip in flips] == [[1]]
