@@ -376,6 +376,56 @@ def test_basicunet_override_trains_with_the_same_pipeline(demo_dir, tmp_path):
     assert state["upcat_1.convs.conv_0.conv.weight"].shape[1] == 64  # BasicUNet's single skip: 32 + 32 channels
 
 
+SITE_TRANSFORMS = {
+    "RandScaleIntensityFixedMeand",
+    "RandAdjustContrastd",
+    "RandBiasFieldd",
+    "RandGaussianSmoothd",
+    "RandGaussianNoised",
+    "RandSimulateLowResolutiond",
+}
+
+
+@pytest.mark.parametrize("config", [[TRAIN], [TRAIN, "configs/hippocampus.json"]], ids=["lgg", "hippocampus"])
+def test_site_augmentation_adds_intensity_transforms_to_the_standard_ones(config):
+    """``--augmentation site`` adds nnU-Net's intensity perturbations and wider scaling; the standard recipe is
+    unchanged. Every added transform runs on a batch of this task's dimensionality and keeps the image finite."""
+    recipes = {}
+    for augmentation in ("standard", "site"):
+        parser = ConfigParser()
+        parser.read_config([str(REPO_ROOT / c) for c in config])
+        parser["augmentation"] = augmentation
+        intensity = parser.get_parsed_content("intensity_augmentation")
+        affine = next(t for t in parser.get_parsed_content("train_transforms") if type(t).__name__ == "RandAffined")
+        recipes[augmentation] = ([type(t).__name__ for t in intensity.transforms], affine, intensity)
+    standard, site = recipes["standard"], recipes["site"]
+    assert standard[0] == ["RandScaleIntensityd", "RandShiftIntensityd"]
+    assert set(site[0]) - set(standard[0]) == SITE_TRANSFORMS
+    assert standard[1].rand_affine.rand_affine_grid.scale_range[0] == 0.1
+    assert site[1].rand_affine.rand_affine_grid.scale_range[0] == 0.3
+    spatial = (16, 16, 16) if len(config) > 1 else (32, 32)
+    image = torch.randn(2, *spatial)
+    image[:, :4] = 0
+    intensity = site[2]
+    intensity.set_random_state(seed=0)
+    changed = 0
+    for _ in range(20):
+        out = intensity({"image": image.clone()})["image"]
+        assert out.shape == image.shape and torch.isfinite(torch.as_tensor(out)).all()
+        changed += not torch.equal(torch.as_tensor(out), image)
+    assert changed > 10
+
+
+def test_training_with_site_augmentation_saves_a_model(demo_dir, tmp_path):
+    run_bundle(
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(demo_dir), "--output_dir", str(tmp_path),
+        "--ckpt_dir", str(tmp_path / "models"), "--epochs", "1", "--num_workers", "0", "--progress", "False",
+        "--augmentation", "site",
+    )  # fmt: skip
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.isfinite(value).all() for value in state.values())
+
+
 @pytest.mark.slow  # two more inference runs; the fast tier checks the transform itself below
 def test_largest_component_option_leaves_one_tumour_component(trained, demo_dir):
     out = {}

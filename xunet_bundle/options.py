@@ -94,6 +94,11 @@ OPTION_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "num_classes": (_class_count, "an integer of at least 2 (background and the foreground classes)"),
     "spatial_dims": (lambda value: value in (2, 3) and _is_int(value), "2 or 3"),
     "fold": (_fold, "a fold number (0, 1, ...) or 'all'"),
+    "augmentation": (
+        lambda value: value in ("standard", "site"),
+        "'standard' (flips, small affine, intensity scale and shift) or 'site' (also gamma, contrast, per-channel "
+        "intensity, bias field, blur, noise, low resolution and wider scaling)",
+    ),
     "eval_subset": (_subset, "one of 'train', 'validation', 'test' or 'all'"),
     "amp": (_boolean, "True or False"),
     "compile": (_boolean, "True or False"),
