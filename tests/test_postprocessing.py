@@ -1,13 +1,18 @@
-"""The foreground-threshold post-processing against the decisions it should make."""
+"""The post-processing transforms (foreground threshold, confident components) against the decisions they should make."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import AsDiscreted, Compose
+from monai.transforms import AsDiscreted, Compose, KeepLargestConnectedComponent
 
-from xunet_bundle.postprocessing import ForegroundThreshold, ForegroundThresholdd
+from xunet_bundle.postprocessing import (
+    ConfidentComponents,
+    ConfidentComponentsd,
+    ForegroundThreshold,
+    ForegroundThresholdd,
+)
 
 
 def random_probabilities(num_classes: int, seed: int = 0) -> torch.Tensor:
@@ -58,3 +63,78 @@ def test_a_threshold_outside_zero_to_one_is_refused(threshold):
 def test_a_single_channel_is_refused():
     with pytest.raises(ValueError, match="background and at least one foreground channel"):
         ForegroundThreshold(0.5)(torch.rand(1, 4, 4))
+
+
+def two_class_probabilities(foreground: torch.Tensor) -> torch.Tensor:
+    return torch.stack([1 - foreground, foreground])
+
+
+def lesion_and_blob() -> torch.Tensor:
+    """A small lesion the network is sure of (peak 0.95) and a larger, unsure false-positive blob (peak 0.6)."""
+    foreground = torch.full((20, 20, 6), 0.01)
+    foreground[2:6, 2:6, 1:3] = 0.95  # 32 voxels
+    foreground[10:18, 10:18, 1:4] = 0.6  # 192 voxels
+    return two_class_probabilities(foreground)
+
+
+def test_a_confident_lesion_is_kept_where_the_largest_component_would_delete_it():
+    probabilities = lesion_and_blob()
+    largest = KeepLargestConnectedComponent(applied_labels=[1])(probabilities.argmax(dim=0, keepdim=True))
+    assert not largest[0, 2:6, 2:6, 1:3].any() and largest[0, 10:18, 10:18, 1:4].all()
+    filtered = ConfidentComponents(threshold=0.5, min_peak=0.9)(probabilities)
+    segmentation = filtered.argmax(dim=0)
+    assert segmentation[2:6, 2:6, 1:3].all() and not segmentation[10:18, 10:18, 1:4].any()
+    torch.testing.assert_close(filtered.sum(dim=0), torch.ones(20, 20, 6))
+    kept = segmentation.bool()
+    assert torch.equal(filtered[:, kept], probabilities[:, kept])  # the kept voxels are untouched
+
+
+def test_several_confident_lesions_are_all_kept():
+    foreground = torch.full((20, 20, 4), 0.01)
+    foreground[1:4, 1:4, 1:3] = 0.97
+    foreground[12:19, 12:19, 0:4] = 0.92
+    probabilities = two_class_probabilities(foreground)
+    filtered = ConfidentComponents(threshold=0.5, min_peak=0.9)(probabilities)
+    assert torch.equal(filtered.argmax(dim=0), probabilities.argmax(dim=0))
+
+
+def test_components_smaller_than_a_fraction_of_the_largest_are_removed_and_the_threshold_defines_them():
+    foreground = torch.full((20, 20, 4), 0.01)
+    foreground[2:12, 2:12, 0:4] = 0.9  # 400 voxels
+    foreground[15, 15, 1] = 0.99  # one voxel, sure
+    foreground[15:19, 2:6, 0:2] = 0.3  # 32 voxels, below 0.5 but above 0.2
+    probabilities = two_class_probabilities(foreground)
+    filtered = ConfidentComponents(threshold=0.2, min_fraction=0.05)(probabilities)
+    assert ForegroundThreshold(0.2)(filtered)[1, 15, 15, 1] == 0  # 1 < 0.05 * 400
+    assert ForegroundThreshold(0.2)(filtered)[1, 15:19, 2:6, 0:2].all()  # 32 >= 20: kept at this threshold
+    assert ConfidentComponents(threshold=0.5, min_fraction=0.05)(probabilities)[1, 15, 15, 1] == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_fraction_of_one_keeps_the_same_component_as_monai_largest_component(seed):
+    """The same connectivity as MONAI's ``KeepLargestConnectedComponent``, checked on random speckle."""
+    generator = torch.Generator().manual_seed(seed)
+    foreground = torch.rand(12, 12, 8, generator=generator) ** 3
+    probabilities = two_class_probabilities(foreground)
+    filtered = ConfidentComponents(threshold=0.5, min_fraction=1.0)(probabilities)
+    largest = KeepLargestConnectedComponent(applied_labels=[1])(probabilities.argmax(dim=0, keepdim=True))
+    assert largest.sum() > 1
+    assert torch.equal(filtered.argmax(dim=0), largest[0].long())
+
+
+def test_confident_components_of_several_classes_keep_metadata_and_feed_the_threshold():
+    probabilities = MetaTensor(random_probabilities(3, seed=3), meta={"filename_or_obj": "case.nii.gz"})
+    out = Compose(
+        [
+            ConfidentComponentsd("pred", threshold=0.3, min_peak=0.99),
+            ForegroundThresholdd("pred", threshold=0.3),
+        ]
+    )({"pred": probabilities})["pred"]
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "case.nii.gz"
+    assert out.shape == probabilities.shape
+
+
+@pytest.mark.parametrize("arguments", [{"threshold": 0.0}, {"min_peak": 1.5}, {"min_fraction": -0.1}])
+def test_confident_components_refuse_settings_outside_zero_to_one(arguments):
+    with pytest.raises(ValueError, match=next(iter(arguments))):
+        ConfidentComponents(**arguments)

@@ -7,13 +7,17 @@ import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.networks.utils import one_hot
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type
+from scipy import ndimage
 
 __all__ = [
+    "ConfidentComponents",
+    "ConfidentComponentsd",
     "PLAIN_POSTPROCESSING",
     "SHIPPED_WEIGHTS_MD5",
     "SHIPPED_WEIGHTS_POSTPROCESSING",
@@ -117,4 +121,96 @@ class ForegroundThresholdd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.thresholder(d[key])
+        return d
+
+
+def foreground_components(foreground: np.ndarray) -> tuple[np.ndarray, int]:
+    """
+    Label the connected components of a binary mask, voxels touching by a face, edge or corner being connected (the
+    connectivity of MONAI's ``KeepLargestConnectedComponent``). Returns the label array (0: background) and the count.
+    """
+    structure = ndimage.generate_binary_structure(foreground.ndim, foreground.ndim)
+    return ndimage.label(foreground, structure=structure)
+
+
+class ConfidentComponents(Transform):
+    """
+    Remove the connected foreground components the network is not confident about from channel-first class
+    probabilities (channel 0: background), keeping every component it is confident about, however many.
+
+    The foreground is where the foreground probability (the sum over the foreground classes) reaches ``threshold``;
+    its 3D components (all spatial dimensions at once) are found as :func:`foreground_components` does. A component is
+    kept when its highest foreground probability reaches ``min_peak`` and it has at least ``min_fraction`` times the
+    voxels of the largest component. The voxels of any other component become background: their foreground
+    probabilities move to channel 0, so a later threshold or argmax labels them background. Unlike keeping the largest
+    component only, a lesion is not deleted because a larger false-positive blob exists, and multi-focal lesions stay.
+
+    Args:
+        threshold: the foreground probability from which a voxel belongs to a component, in (0, 1]; use the one the
+            segmentation is then made with (0.5 for the argmax of two classes).
+        min_peak: the highest foreground probability a component must reach to be kept, in [0, 1].
+        min_fraction: the fewest voxels a component must have, as a fraction of the largest component's, in [0, 1].
+    """
+
+    def __init__(self, threshold: float = 0.5, min_peak: float = 0.0, min_fraction: float = 0.0) -> None:
+        for name, value, low_open in (("threshold", threshold, True), ("min_peak", min_peak, False)):
+            if not (0.0 < value <= 1.0 if low_open else 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must lie in {'(0' if low_open else '[0'}, 1], got {value}.")
+        if not 0.0 <= min_fraction <= 1.0:
+            raise ValueError(f"min_fraction must lie in [0, 1], got {min_fraction}.")
+        self.threshold, self.min_peak, self.min_fraction = threshold, min_peak, min_fraction
+
+    def kept_mask(self, foreground_probability: np.ndarray) -> np.ndarray:
+        """The voxels of the kept components, from the foreground probability (spatial dimensions only)."""
+        labels, count = foreground_components(foreground_probability >= self.threshold)
+        if count == 0:
+            return np.zeros(labels.shape, dtype=bool)
+        index = np.arange(1, count + 1)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        peaks = np.asarray(ndimage.maximum(foreground_probability, labels, index))
+        kept = (peaks >= self.min_peak) & (sizes >= self.min_fraction * sizes.max())
+        return np.isin(labels, index[kept])
+
+    def __call__(self, probabilities: torch.Tensor) -> torch.Tensor:
+        if probabilities.shape[0] < 2:
+            raise ValueError(
+                f"expected class probabilities with a background and at least one foreground channel, "
+                f"got shape {tuple(probabilities.shape)}."
+            )
+        values = torch.as_tensor(probabilities).detach().cpu().float()
+        foreground = values[1:].sum(dim=0)
+        removed = torch.from_numpy(~self.kept_mask(foreground.numpy()))
+        filtered = values.clone()
+        filtered[0] = torch.where(removed, values[0] + foreground, values[0])
+        filtered[1:] = torch.where(removed[None], torch.zeros_like(values[1:]), values[1:])
+        return convert_to_dst_type(filtered, probabilities)[0]
+
+
+class ConfidentComponentsd(MapTransform):
+    """
+    Dictionary-based :class:`ConfidentComponents`.
+
+    Args:
+        keys: keys of the class probabilities to filter.
+        threshold: the foreground probability from which a voxel belongs to a component, in (0, 1].
+        min_peak: the highest foreground probability a component must reach to be kept, in [0, 1].
+        min_fraction: the fewest voxels a component must have, as a fraction of the largest component's.
+        allow_missing_keys: do not fail when a key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        threshold: float = 0.5,
+        min_peak: float = 0.0,
+        min_fraction: float = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.filter = ConfidentComponents(threshold, min_peak, min_fraction)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.filter(d[key])
         return d
