@@ -1,4 +1,4 @@
-"""The post-processing transforms (foreground threshold, confident components) against the decisions they should make."""
+"""The post-processing transforms (foreground threshold, confident components) against the decisions they make."""
 
 from __future__ import annotations
 
