@@ -713,6 +713,7 @@ CASES = [
     Case("inference", option("sw_batch_size", "0"), "must be a positive integer"),
     Case("inference", option("roi_size", "[0,0]"), r"each in 1\.\.4096 or -1"),
     Case("inference", option("mirror_axes", "[1,1]"), "must be a list of distinct volume axes"),
+    Case("evaluate", option("confident_components", "[0.9]"), r"None \(off\) or \[min_peak, min_fraction\]"),
     Case("inference", full_disk_for_probabilities, "cannot write the file", file_size_limit=30_000),
     Case(
         "train",

@@ -426,7 +426,7 @@ def test_training_with_site_augmentation_saves_a_model(demo_dir, tmp_path):
     assert all(torch.isfinite(value).all() for value in state.values())
 
 
-@pytest.mark.slow  # two more inference runs; the fast tier checks the transform itself below
+@pytest.mark.slow  # three more inference runs; the fast tier checks the transforms themselves
 def test_largest_component_option_leaves_one_tumour_component(trained, demo_dir):
     out = {}
     for largest in ("False", "True"):
@@ -443,6 +443,15 @@ def test_largest_component_option_leaves_one_tumour_component(trained, demo_dir)
     assert all(n <= 1 for n in counts["True"])
     for n_all, n_largest in zip(counts["False"], counts["True"]):
         assert n_largest == min(n_all, 1)
+    # confident components at a fraction of 1 of the largest: the largest component again, by another code path
+    confident = trained / "pred_confident_largest"
+    run_bundle(
+        "run", "inference", "--config_file", "configs/inference.json", "--dataset_dir", str(demo_dir / "imagesTr"),
+        "--ckpt_dir", str(trained / "models"), "--output_dir", str(confident), "--confident_components", "[0, 1]",
+    )  # fmt: skip
+    for expected, got in zip(sorted(out["True"].iterdir()), sorted(confident.iterdir())):
+        assert expected.name == got.name
+        assert np.array_equal(np.asarray(nib.load(expected).dataobj), np.asarray(nib.load(got).dataobj))
 
 
 @pytest.mark.parametrize("largest, expected_components", [(False, 2), (True, 1)])

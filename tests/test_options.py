@@ -32,6 +32,8 @@ VALID = {
     "check_data": True,
     "tune_malloc": True,
     "largest_component": True,
+    "confident_components": None,
+    "augmentation": "standard",
     "save_probabilities": False,
     "in_channels": 3,
     "num_classes": 2,
@@ -45,6 +47,8 @@ def test_every_rule_has_a_valid_example_and_the_defaults_pass():
     check_options({**VALID, "foreground_threshold": 0.2, "mirror_axes": [0, 1, 2], "fold": 3, "roi_size": [64, 64, 8]})
     check_options({**VALID, "flip_axes": []})
     check_options({**VALID, "flip_axes": [0], "background_value": -3.6})
+    check_options({**VALID, "confident_components": [0.9, 0.1], "augmentation": "site"})
+    check_options({**VALID, "confident_components": (1, 0)})
     check_options({"not_an_option": object()})
 
 
@@ -93,6 +97,13 @@ def test_every_rule_has_a_valid_example_and_the_defaults_pass():
         ("resume", "yes"),
         ("amp", 1),
         ("largest_component", None),
+        ("confident_components", 0.9),
+        ("confident_components", [0.9]),
+        ("confident_components", [0.9, 1.5]),
+        ("confident_components", [float("nan"), 0.1]),
+        ("confident_components", [True, 0.1]),
+        ("augmentation", "strong"),
+        ("augmentation", None),
     ],
 )
 def test_a_bad_option_is_named_with_what_it_got_and_must_be(name, value):

@@ -107,6 +107,16 @@ OPTION_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "check_data": (_boolean, "True or False"),
     "tune_malloc": (_boolean, "True or False"),
     "largest_component": (_boolean, "True or False"),
+    "confident_components": (
+        lambda value: value is None
+        or (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in value)
+        ),
+        "None (off) or [min_peak, min_fraction], two numbers in [0, 1]: keep the components whose highest foreground "
+        "probability reaches min_peak and whose size is at least min_fraction of the largest component's",
+    ),
     "save_probabilities": (_boolean, "True or False"),
 }
 

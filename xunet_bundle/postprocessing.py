@@ -30,9 +30,19 @@ __all__ = [
 # (identified by their md5, as in large_files.yml) and applies only to them, never to a model trained anew, a
 # fine-tuned one or one for another dataset. New weights get it only once a choice is made for them.
 SHIPPED_WEIGHTS_MD5 = "be69cf3888da7557c19d4144b16bf5df"
-SHIPPED_WEIGHTS_POSTPROCESSING = {"mirror_axes": [1], "foreground_threshold": 0.2, "largest_component": True}
+SHIPPED_WEIGHTS_POSTPROCESSING = {
+    "mirror_axes": [1],
+    "foreground_threshold": 0.2,
+    "largest_component": True,
+    "confident_components": None,
+}
 # The network's own output: the argmax of the softmax, no test-time mirroring, every component kept.
-PLAIN_POSTPROCESSING = {"mirror_axes": [], "foreground_threshold": None, "largest_component": False}
+PLAIN_POSTPROCESSING = {
+    "mirror_axes": [],
+    "foreground_threshold": None,
+    "largest_component": False,
+    "confident_components": None,
+}
 
 
 def _md5(path: str | os.PathLike) -> str | None:
@@ -52,7 +62,7 @@ def postprocessing_for(checkpoints: str | os.PathLike | Sequence[str | os.PathLi
     """
     The post-processing settings for a model: :data:`SHIPPED_WEIGHTS_POSTPROCESSING` when every checkpoint is the
     shipped LGG weights (by md5), :data:`PLAIN_POSTPROCESSING` otherwise. The choice is logged; ``--mirror_axes``,
-    ``--foreground_threshold`` and ``--largest_component`` override either.
+    ``--foreground_threshold``, ``--largest_component`` and ``--confident_components`` override either.
 
     Args:
         checkpoints: the model file, or the files of an ensemble's members.
@@ -65,7 +75,8 @@ def postprocessing_for(checkpoints: str | os.PathLike | Sequence[str | os.PathLi
     logging.getLogger("xunet_bundle").info(
         f"post-processing defaults for this model: {which} (--mirror_axes {settings['mirror_axes']} "
         f"--foreground_threshold {settings['foreground_threshold']} --largest_component "
-        f"{settings['largest_component']}); these options, given on the command line, replace them"
+        f"{settings['largest_component']} --confident_components {settings['confident_components']}); these "
+        "options, given on the command line, replace them"
     )
     return {key: list(value) if isinstance(value, list) else value for key, value in settings.items()}
 
