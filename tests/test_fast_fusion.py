@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from xunet_bundle import CrossBasicUNet
-from xunet_bundle.fusion import add_conv_nearest_upsampled, nearest_resized_mean, reference_conv_nearest_upsampled
+from xunet_bundle.fusion import (
+    add_conv_nearest_upsampled,
+    nearest_resized_mean,
+    nearest_subsampled,
+    reference_conv_nearest_upsampled,
+)
 from xunet_bundle.networks import FUSIONS
 
 SMALL = (8, 8, 16, 16, 32, 8)
@@ -38,6 +43,15 @@ def test_non_integer_scale_falls_back_to_the_reference():
     x, weight = torch.randn(1, 2, 7, 5), torch.randn(3, 2, 3, 3)
     out = add_conv_nearest_upsampled(torch.zeros(1, 3, 15, 11), x, weight)
     torch.testing.assert_close(out, reference_conv_nearest_upsampled(x, weight, [15, 11]))
+
+
+@pytest.mark.parametrize(
+    "shape, size", [((2, 3, 64, 48), [16, 12]), ((1, 2, 32, 32, 16), [8, 8, 4]), ((1, 2, 30, 30), [8, 8])]
+)
+def test_nearest_subsampled_equals_nearest_interpolation(shape, size):
+    x = torch.randn(*shape)
+    assert torch.equal(nearest_subsampled(x, size), torch.nn.functional.interpolate(x, size=size, mode="nearest"))
+    assert nearest_subsampled(x, list(shape[2:])) is x
 
 
 @pytest.mark.parametrize("size", [[8, 12], [9, 13], [6, 4, 10]])

@@ -26,6 +26,7 @@ __all__ = [
     "conv_nd",
     "integer_scale",
     "nearest_resized_mean",
+    "nearest_subsampled",
     "reference_conv_nearest_upsampled",
 ]
 
@@ -63,6 +64,24 @@ def nearest_resized_mean(x: torch.Tensor, size: list[int]) -> torch.Tensor:
     if not integer_scale(size, list(x.shape[2:])):
         x = F.interpolate(x, size=size, mode="nearest")
     return x.mean(dim=list(range(2, x.dim())))
+
+
+def nearest_subsampled(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """
+    ``x`` resized to ``size`` by nearest interpolation, as a strided view when ``size`` divides the spatial size of
+    ``x`` by one integer factor (nearest then reads source index ``factor * i``), else by ``F.interpolate``.
+    """
+    source_size = list(x.shape[2:])
+    if source_size == size:
+        return x
+    factor = integer_scale(source_size, size)
+    if not factor:
+        return F.interpolate(x, size=size, mode="nearest")
+    if x.dim() == 4:
+        return x[:, :, ::factor, ::factor]
+    if x.dim() == 5:
+        return x[:, :, ::factor, ::factor, ::factor]
+    return x[:, :, ::factor]
 
 
 def reference_conv_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, size: list[int]) -> torch.Tensor:

@@ -12,7 +12,7 @@ from monai.networks.layers.factories import Conv
 from monai.networks.nets.basic_unet import Down, TwoConv
 from monai.utils import ensure_tuple_rep
 
-from .fusion import add_conv_nearest_upsampled, conv_nd, nearest_resized_mean
+from .fusion import add_conv_nearest_upsampled, conv_nd, nearest_resized_mean, nearest_subsampled
 
 __all__ = ["FUSIONS", "MIN_SPATIAL_SIZE", "CrossBasicUNet", "UpCatAll", "adaptive_max_pool", "match_spatial_size"]
 
@@ -180,13 +180,17 @@ class UpCatAll(nn.Module):
         """
         conv = self.convs.conv_0.conv
         target_size = list(x_up.shape[2:])
+        attention = isinstance(self.attention, ChannelSELayer)
         shallow = [x_up]
         for source in sources[: level + 1]:
-            same = list(source.shape[2:]) == target_size
-            shallow.append(source if same else F.interpolate(source, size=target_size, mode="nearest"))
+            shallow.append(nearest_subsampled(source, target_size))
+        if not attention:
+            # the convolution casts its input to the autocast dtype anyway (that of the upsampled feature); casting the
+            # pieces first spares a full-size float32 concatenation
+            shallow = [piece.to(x_up.dtype) for piece in shallow]
         near = torch.cat(shallow, dim=1)
         far = sources[level + 1 :]
-        if isinstance(self.attention, ChannelSELayer):
+        if attention:
             means = [near.mean(dim=list(range(2, near.dim())))]
             means += [nearest_resized_mean(source, target_size) for source in far]
             scales = self.attention.fc(torch.cat(means, dim=1))
