@@ -46,18 +46,15 @@ import fire
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.transforms import KeepLargestConnectedComponent
 
 from xunet_bundle.postprocessing import ConfidentComponents, _md5, foreground_components
-from xunet_bundle.training import require_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overlay import dice  # noqa: E402
 from overlay import main as draw_overlay  # noqa: E402
+from threshold_sweep import bundle_evaluation  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = [str(REPO_ROOT / "configs" / "train.json"), str(REPO_ROOT / "configs" / "evaluate.json")]
 LARGE_TUMOUR = 10_000  # true voxels from which a tumour counts as large (kind 1 against kind 4)
 KINDS = (
     "large tumour under-segmented",
@@ -107,22 +104,7 @@ def predict(
         fold: the validation fold.
         mirror_axes: test-time mirroring, as the configs' ``mirror_axes``.
     """
-    parser = ConfigParser()
-    parser.read_config(CONFIGS)
-    parser.update(
-        {
-            "dataset_dir": dataset_dir,
-            "ckpt_dir": ckpt_dir,
-            "eval_subset": eval_subset,
-            "fold": fold,
-            "mirror_axes": list(mirror_axes),
-        }
-    )
-    network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
-    dataset = parser.get_parsed_content("validate#dataset")
-    weights = require_checkpoint(Path(ckpt_dir) / "model.pt")
-    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    network.eval()
+    network, inferer, dataset, weights = bundle_evaluation(dataset_dir, ckpt_dir, eval_subset, fold, mirror_axes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cases = {}

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import fire
 import torch
 from monai.bundle import ConfigParser
+from monai.data import Dataset
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from monai.transforms import KeepLargestConnectedComponent
@@ -50,6 +51,32 @@ def case_dice(probability: torch.Tensor, label: torch.Tensor, threshold: float, 
     return float(dice.item())
 
 
+def bundle_evaluation(
+    dataset_dir: str, ckpt_dir: str, eval_subset: str, fold: int | str, mirror_axes: Sequence[int]
+) -> tuple[torch.nn.Module, Callable, Dataset, Path]:
+    """
+    What ``evaluate.json`` would use for one subset: the network with the weights of ``<ckpt_dir>/model.pt`` loaded
+    (in eval mode), the inferer (with ``mirror_axes``), the dataset of preprocessed cases, and the weights' path.
+    """
+    parser = ConfigParser()
+    parser.read_config(CONFIGS)
+    parser.update(
+        {
+            "dataset_dir": dataset_dir,
+            "ckpt_dir": ckpt_dir,
+            "eval_subset": eval_subset,
+            "fold": fold,
+            "mirror_axes": list(mirror_axes),
+        }
+    )
+    network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
+    dataset = parser.get_parsed_content("validate#dataset")
+    weights = require_checkpoint(Path(ckpt_dir) / "model.pt")
+    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    network.eval()
+    return network, inferer, dataset, weights
+
+
 def main(
     dataset_dir: str,
     ckpt_dir: str,
@@ -73,22 +100,7 @@ def main(
         largest_component: keep the largest tumour component before scoring.
         mirror_axes: test-time mirroring, as the configs' ``mirror_axes`` (``[1]``: left-right); none by default.
     """
-    parser = ConfigParser()
-    parser.read_config(CONFIGS)
-    parser.update(
-        {
-            "dataset_dir": dataset_dir,
-            "ckpt_dir": ckpt_dir,
-            "eval_subset": eval_subset,
-            "fold": fold,
-            "mirror_axes": list(mirror_axes),
-        }
-    )
-    network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
-    dataset = parser.get_parsed_content("validate#dataset")
-    weights = require_checkpoint(Path(ckpt_dir) / "model.pt")
-    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    network.eval()
+    network, inferer, dataset, _ = bundle_evaluation(dataset_dir, ckpt_dir, eval_subset, fold, mirror_axes)
     rows = []
     with torch.no_grad():
         for item in dataset:
