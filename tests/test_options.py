@@ -131,3 +131,32 @@ def test_an_option_that_names_no_config_id_is_found_with_a_hint(tmp_path):
     assert (
         unknown_override(["run", "training", "--config_file", str(REPO_ROOT / "missing.json"), "--epoch", "1"]) is None
     )
+
+
+@pytest.mark.parametrize(
+    "argv, found",
+    [
+        (["run", "training", "--augmentation", "None"], "--augmentation"),
+        (["run", "inference", "--confident_components=None"], "--confident_components"),
+        (["run", "training", "--epochs", "2", "--flip_axes", " None "], "--flip_axes"),
+        (["run", "training", "--foreground_threshold", "$None", "--run_id", "training"], None),
+        (["run", "training", "--epochs", "2"], None),
+    ],
+)
+def test_a_plain_none_is_named_since_monai_bundle_would_drop_it(argv, found):
+    from xunet_bundle.options import ignored_none_override
+
+    result = ignored_none_override(argv)
+    assert (result and result[0]) == found
+    if found:
+        assert "'$None'" in result[1]
+
+
+def test_confident_components_with_the_largest_component_warn(caplog):
+    with caplog.at_level("WARNING", logger="xunet_bundle"):
+        check_options({**VALID, "largest_component": True, "confident_components": [0.9, 0.1]})
+    assert "add --largest_component False" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="xunet_bundle"):
+        check_options({**VALID, "largest_component": False, "confident_components": [0.9, 0.1]})
+    assert caplog.text == ""

@@ -116,10 +116,26 @@ def test_a_fraction_of_one_keeps_the_same_component_as_monai_largest_component(s
     generator = torch.Generator().manual_seed(seed)
     foreground = torch.rand(12, 12, 8, generator=generator) ** 3
     probabilities = two_class_probabilities(foreground)
-    filtered = ConfidentComponents(threshold=0.5, min_fraction=1.0)(probabilities)
+    filtered = ConfidentComponents(min_fraction=1.0)(probabilities)
     largest = KeepLargestConnectedComponent(applied_labels=[1])(probabilities.argmax(dim=0, keepdim=True))
     assert largest.sum() > 1
     assert torch.equal(filtered.argmax(dim=0), largest[0].long())
+
+
+def test_without_a_threshold_components_follow_the_argmax_and_its_ties():
+    """A tumour probability of exactly 0.5 (bf16 inference makes ties) is background for the argmax: such voxels
+    must not join a fragment to the largest component, or the fragment would survive that the largest-component step
+    removes."""
+    foreground = torch.full((12, 12, 3), 0.01)
+    foreground[0:6, 0:6, 1] = 0.9  # the largest component
+    foreground[6, 6, 1] = 0.5  # a tie, touching both
+    foreground[7:9, 7:9, 1] = 0.9  # a fragment
+    probabilities = two_class_probabilities(foreground)
+    largest = KeepLargestConnectedComponent(applied_labels=[1])(probabilities.argmax(dim=0, keepdim=True))[0]
+    filtered = ConfidentComponents(min_fraction=1.0)(probabilities).argmax(dim=0)
+    assert not largest[7:9, 7:9, 1].any()
+    assert torch.equal(filtered, largest.long())
+    assert ConfidentComponents(threshold=0.5, min_fraction=1.0)(probabilities)[1, 7:9, 7:9, 1].gt(0.5).all()
 
 
 def test_confident_components_of_several_classes_keep_metadata_and_feed_the_threshold():
@@ -134,7 +150,9 @@ def test_confident_components_of_several_classes_keep_metadata_and_feed_the_thre
     assert out.shape == probabilities.shape
 
 
-@pytest.mark.parametrize("arguments", [{"threshold": 0.0}, {"min_peak": 1.5}, {"min_fraction": -0.1}])
+@pytest.mark.parametrize(
+    "arguments", [{"threshold": 0.0}, {"threshold": float("nan")}, {"min_peak": 1.5}, {"min_fraction": -0.1}]
+)
 def test_confident_components_refuse_settings_outside_zero_to_one(arguments):
     with pytest.raises(ValueError, match=next(iter(arguments))):
         ConfidentComponents(**arguments)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import logging
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -13,7 +14,7 @@ from monai.bundle import ConfigParser
 from .data import DataError
 from .runtime import is_bundle_command
 
-__all__ = ["MAX_ROI_SIZE", "OPTION_RULES", "check_options", "unknown_override"]
+__all__ = ["MAX_ROI_SIZE", "OPTION_RULES", "check_options", "ignored_none_override", "unknown_override"]
 
 MAX_ROI_SIZE = 4096  # voxels along an axis; beyond, one window of a batch outgrows any machine's memory
 
@@ -134,16 +135,22 @@ def check_options(options: Mapping[str, object]) -> None:
     Raises:
         DataError: naming the first option whose value is not allowed, what it got and what it must be; in a
             ``monai.bundle`` command, naming an option of the command line that is no id of its configs
-            (:func:`unknown_override`).
+            (:func:`unknown_override`) or that is a plain ``None`` (:func:`ignored_none_override`).
     """
     if is_bundle_command():
-        unknown = unknown_override(sys.argv[1:])
-        if unknown is not None:
-            raise DataError(unknown[0], unknown[1])
+        for found in (unknown_override(sys.argv[1:]), ignored_none_override(sys.argv[1:])):
+            if found is not None:
+                raise DataError(*found)
     for name, value in options.items():
         rule = OPTION_RULES.get(name)
         if rule is not None and not rule[0](value):
             raise DataError(f"--{name}", f"must be {rule[1]}, got {value!r}.")
+    if options.get("largest_component") is True and options.get("confident_components") is not None:
+        logging.getLogger("xunet_bundle").warning(
+            "--confident_components is followed by the largest-component step (--largest_component True: the default "
+            "of the shipped weights), which keeps one component anyway; add --largest_component False to keep every "
+            "confident component"
+        )
 
 
 # the options of ``monai.bundle run`` itself, which are no config ids
@@ -180,4 +187,30 @@ def unknown_override(argv: Sequence[str]) -> tuple[str, str] | None:
             close = difflib.get_close_matches(top, sorted(ids), n=1)
             hint = f"; did you mean --{close[0]}?" if close else ""
             return f"--{name}", f"not an option of this config: no id {top!r} in {config_file}{hint}"
+    return None
+
+
+def ignored_none_override(argv: Sequence[str]) -> tuple[str, str] | None:
+    """
+    The first ``--name None`` (or ``--name=None``) of a ``monai.bundle run`` command line: ``monai.bundle`` drops an
+    override whose value is ``None``, so the option would keep its default without a word, whatever the user meant
+    (``--augmentation None`` still augments). ``'$None'`` is the way to set None.
+
+    Args:
+        argv: the command line after the program.
+
+    Returns:
+        ``("--name", problem)``, or None when no option is a plain None.
+    """
+    for index, arg in enumerate(argv):
+        if not arg.startswith("--") or len(arg) <= 2:
+            continue
+        name, equals, value = arg[2:].partition("=")
+        if not equals:
+            value = argv[index + 1] if index + 1 < len(argv) else ""
+        if value.strip() == "None" and name not in RUN_ARGUMENTS:
+            return (
+                f"--{name}",
+                "a plain None is dropped by monai.bundle, so the default would run instead; write '$None' to set None",
+            )
     return None

@@ -149,31 +149,41 @@ class ConfidentComponents(Transform):
     Remove the connected foreground components the network is not confident about from channel-first class
     probabilities (channel 0: background), keeping every component it is confident about, however many.
 
-    The foreground is where the foreground probability (the sum over the foreground classes) reaches ``threshold``;
-    its 3D components (all spatial dimensions at once) are found as :func:`foreground_components` does. A component is
+    The foreground is where the foreground probability (the sum over the foreground classes) reaches ``threshold``,
+    or, with ``threshold`` None, where the most probable class is a foreground class (the argmax, ties to background,
+    as ``AsDiscrete(argmax=True)`` decides); its 3D components (all spatial dimensions at once) are found as
+    :func:`foreground_components` does. A component is
     kept when its highest foreground probability reaches ``min_peak`` and it has at least ``min_fraction`` times the
     voxels of the largest component. The voxels of any other component become background: their foreground
     probabilities move to channel 0, so a later threshold or argmax labels them background. Unlike keeping the largest
     component only, a lesion is not deleted because a larger false-positive blob exists, and multi-focal lesions stay.
 
     Args:
-        threshold: the foreground probability from which a voxel belongs to a component, in (0, 1]; use the one the
-            segmentation is then made with (0.5 for the argmax of two classes).
+        threshold: the foreground probability from which a voxel belongs to a component, in (0, 1], or None for the
+            argmax; use the one the segmentation is then made with.
         min_peak: the highest foreground probability a component must reach to be kept, in [0, 1].
         min_fraction: the fewest voxels a component must have, as a fraction of the largest component's, in [0, 1].
     """
 
-    def __init__(self, threshold: float = 0.5, min_peak: float = 0.0, min_fraction: float = 0.0) -> None:
-        for name, value, low_open in (("threshold", threshold, True), ("min_peak", min_peak, False)):
-            if not (0.0 < value <= 1.0 if low_open else 0.0 <= value <= 1.0):
-                raise ValueError(f"{name} must lie in {'(0' if low_open else '[0'}, 1], got {value}.")
-        if not 0.0 <= min_fraction <= 1.0:
-            raise ValueError(f"min_fraction must lie in [0, 1], got {min_fraction}.")
+    def __init__(self, threshold: float | None = None, min_peak: float = 0.0, min_fraction: float = 0.0) -> None:
+        if threshold is not None and not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be None (argmax) or lie in (0, 1], got {threshold}.")
+        for name, value in (("min_peak", min_peak), ("min_fraction", min_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}.")
         self.threshold, self.min_peak, self.min_fraction = threshold, min_peak, min_fraction
 
-    def kept_mask(self, foreground_probability: np.ndarray) -> np.ndarray:
-        """The voxels of the kept components, from the foreground probability (spatial dimensions only)."""
-        labels, count = foreground_components(foreground_probability >= self.threshold)
+    def kept_mask(self, foreground_probability: np.ndarray, foreground: np.ndarray | None = None) -> np.ndarray:
+        """
+        The voxels of the kept components (spatial dimensions only).
+
+        Args:
+            foreground_probability: the sum of the foreground classes' probabilities.
+            foreground: the foreground voxels; by default where ``foreground_probability`` reaches the threshold.
+        """
+        if foreground is None:
+            foreground = foreground_probability >= (0.5 if self.threshold is None else self.threshold)
+        labels, count = foreground_components(foreground)
         if count == 0:
             return np.zeros(labels.shape, dtype=bool)
         index = np.arange(1, count + 1)
@@ -190,7 +200,8 @@ class ConfidentComponents(Transform):
             )
         values = torch.as_tensor(probabilities).detach().cpu().float()
         foreground = values[1:].sum(dim=0)
-        removed = torch.from_numpy(~self.kept_mask(foreground.numpy()))
+        voxels = None if self.threshold is not None else (values.argmax(dim=0) > 0).numpy()
+        removed = torch.from_numpy(~self.kept_mask(foreground.numpy(), voxels))
         filtered = values.clone()
         filtered[0] = torch.where(removed, values[0] + foreground, values[0])
         filtered[1:] = torch.where(removed[None], torch.zeros_like(values[1:]), values[1:])
@@ -203,7 +214,8 @@ class ConfidentComponentsd(MapTransform):
 
     Args:
         keys: keys of the class probabilities to filter.
-        threshold: the foreground probability from which a voxel belongs to a component, in (0, 1].
+        threshold: the foreground probability from which a voxel belongs to a component, in (0, 1], or None for the
+            argmax.
         min_peak: the highest foreground probability a component must reach to be kept, in [0, 1].
         min_fraction: the fewest voxels a component must have, as a fraction of the largest component's.
         allow_missing_keys: do not fail when a key is absent.
@@ -212,7 +224,7 @@ class ConfidentComponentsd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         min_peak: float = 0.0,
         min_fraction: float = 0.0,
         allow_missing_keys: bool = False,

@@ -9,9 +9,9 @@ Three steps, each a subcommand:
 - ``analyse`` segments each cached patient with one post-processing, scores it, and classifies every patient below a
   Dice of 0.5 into the failure kinds of issue 34 (below); writes a per-patient CSV, prints a Markdown table and,
   with ``--overlays``, draws each failing patient (``overlay.py``).
-- ``sweep`` scores every component post-processing candidate (largest component, every component, and
-  ``ConfidentComponents`` settings) on the cached patients and prints the mean, median and the counts of patients
-  below 0.5 and 0.3 for each.
+- ``sweep`` scores every component post-processing candidate (:data:`CANDIDATES`, fixed here as the tail study's plan
+  fixed them: every component, the largest component, and six ``ConfidentComponents`` settings) on the cached patients
+  and prints the mean, median and the counts of patients below 0.5 and 0.3 for each.
 
 Failure kinds of a patient below 0.5 (in this order; sizes in voxels):
 
@@ -30,6 +30,11 @@ Usage (the shipped weights on the 12 test patients, then on out-of-fold patients
         --threshold 0.2 --largest_component True --out benchmarks/lgg/tail/shipped_test.csv
     python benchmarks/tools/failure_analysis.py sweep runs/lgg/probabilities/shipped_test --threshold 0.2 \\
         --out benchmarks/lgg/tail/shipped_test_components.csv
+    # a fold model's out-of-fold patients (fold 1's model on fold 1); analyse and sweep take several folders
+    python benchmarks/tools/failure_analysis.py predict --dataset_dir runs/lgg/data --ckpt_dir runs/fold1/models \\
+        --eval_subset validation --fold 1 --mirror_axes "[1]" --out_dir runs/lgg/probabilities/fold1
+    python benchmarks/tools/failure_analysis.py sweep runs/lgg/probabilities/fold0,runs/lgg/probabilities/fold1 \\
+        --threshold 0.5 --out oof_components.csv
 """
 
 from __future__ import annotations
@@ -91,7 +96,7 @@ def predict(
     out_dir: str,
     eval_subset: str = "test",
     fold: int | str = 0,
-    mirror_axes: Sequence[int] = (1,),
+    mirror_axes: Sequence[int] = (),
 ) -> None:
     """
     Cache the tumour probability and the label of every patient of a subset.
@@ -102,7 +107,8 @@ def predict(
         out_dir: where ``<case>.npz`` and ``cases.json`` are written.
         eval_subset: ``"test"`` or ``"validation"`` (fold ``fold``: the out-of-fold patients of a fold model).
         fold: the validation fold.
-        mirror_axes: test-time mirroring, as the configs' ``mirror_axes``.
+        mirror_axes: test-time mirroring, as the configs' ``mirror_axes``; none by default, as for any model but the
+            shipped weights (``"[1]"``: left-right, their post-processing and that of the tail study).
     """
     network, inferer, dataset, weights = bundle_evaluation(dataset_dir, ckpt_dir, eval_subset, fold, mirror_axes)
     out = Path(out_dir)
