@@ -396,7 +396,13 @@ def test_site_augmentation_adds_intensity_transforms_to_the_standard_ones(config
         parser.read_config([str(REPO_ROOT / c) for c in config])
         parser["augmentation"] = augmentation
         intensity = parser.get_parsed_content("intensity_augmentation")
-        affine = next(t for t in parser.get_parsed_content("train_transforms") if type(t).__name__ == "RandAffined")
+        # the affine alone: the whole list would read the datalist (the flip's axis comes from its headers)
+        index = next(
+            i
+            for i, t in enumerate(parser["train_transforms"])
+            if isinstance(t, dict) and t.get("_target_") == "RandAffined"
+        )
+        affine = parser.get_parsed_content(f"train_transforms#{index}")
         recipes[augmentation] = ([type(t).__name__ for t in intensity.transforms], affine, intensity)
     standard, site = recipes["standard"], recipes["site"]
     assert standard[0] == ["RandScaleIntensityd", "RandShiftIntensityd"]
