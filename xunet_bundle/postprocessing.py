@@ -81,6 +81,15 @@ def postprocessing_for(checkpoints: str | os.PathLike | Sequence[str | os.PathLi
     return {key: list(value) if isinstance(value, list) else value for key, value in settings.items()}
 
 
+def _require_class_channels(probabilities: torch.Tensor) -> None:
+    """A ValueError unless ``probabilities`` has a background channel and at least one foreground channel."""
+    if probabilities.shape[0] < 2:
+        raise ValueError(
+            f"expected class probabilities with a background and at least one foreground channel, "
+            f"got shape {tuple(probabilities.shape)}."
+        )
+
+
 class ForegroundThreshold(Transform):
     """
     Replace channel-first class probabilities (channel 0: background) by the one-hot segmentation that labels a voxel
@@ -101,12 +110,8 @@ class ForegroundThreshold(Transform):
         self.threshold = threshold
 
     def __call__(self, probabilities: torch.Tensor) -> torch.Tensor:
+        _require_class_channels(probabilities)
         num_classes = probabilities.shape[0]
-        if num_classes < 2:
-            raise ValueError(
-                f"expected class probabilities with a background and at least one foreground channel, "
-                f"got shape {tuple(probabilities.shape)}."
-            )
         foreground = torch.as_tensor(probabilities)[1:]
         labels = torch.argmax(foreground, dim=0, keepdim=True) + 1
         labels = torch.where(foreground.sum(dim=0, keepdim=True) >= self.threshold, labels, torch.zeros_like(labels))
@@ -173,16 +178,14 @@ class ConfidentComponents(Transform):
                 raise ValueError(f"{name} must lie in [0, 1], got {value}.")
         self.threshold, self.min_peak, self.min_fraction = threshold, min_peak, min_fraction
 
-    def kept_mask(self, foreground_probability: np.ndarray, foreground: np.ndarray | None = None) -> np.ndarray:
+    def kept_mask(self, foreground_probability: np.ndarray, foreground: np.ndarray) -> np.ndarray:
         """
         The voxels of the kept components (spatial dimensions only).
 
         Args:
             foreground_probability: the sum of the foreground classes' probabilities.
-            foreground: the foreground voxels; by default where ``foreground_probability`` reaches the threshold.
+            foreground: the foreground voxels, whose components are judged.
         """
-        if foreground is None:
-            foreground = foreground_probability >= (0.5 if self.threshold is None else self.threshold)
         labels, count = foreground_components(foreground)
         if count == 0:
             return np.zeros(labels.shape, dtype=bool)
@@ -193,15 +196,11 @@ class ConfidentComponents(Transform):
         return np.isin(labels, index[kept])
 
     def __call__(self, probabilities: torch.Tensor) -> torch.Tensor:
-        if probabilities.shape[0] < 2:
-            raise ValueError(
-                f"expected class probabilities with a background and at least one foreground channel, "
-                f"got shape {tuple(probabilities.shape)}."
-            )
+        _require_class_channels(probabilities)
         values = torch.as_tensor(probabilities).detach().cpu().float()
         foreground = values[1:].sum(dim=0)
-        voxels = None if self.threshold is not None else (values.argmax(dim=0) > 0).numpy()
-        removed = torch.from_numpy(~self.kept_mask(foreground.numpy(), voxels))
+        voxels = values.argmax(dim=0) > 0 if self.threshold is None else foreground >= self.threshold
+        removed = torch.from_numpy(~self.kept_mask(foreground.numpy(), voxels.numpy()))
         filtered = values.clone()
         filtered[0] = torch.where(removed, values[0] + foreground, values[0])
         filtered[1:] = torch.where(removed[None], torch.zeros_like(values[1:]), values[1:])

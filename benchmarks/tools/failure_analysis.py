@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from monai.transforms import KeepLargestConnectedComponent
 
+from xunet_bundle.data import nifti_stem
 from xunet_bundle.postprocessing import ConfidentComponents, _md5, foreground_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,14 +81,6 @@ CANDIDATES = {
         for fraction in (0.0, 0.1)
     },
 }
-
-
-def case_name(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def predict(
@@ -118,7 +111,7 @@ def predict(
         for index, item in enumerate(dataset):
             probability = torch.softmax(inferer(item["image"][None], network), dim=1)[0, 1:].sum(dim=0)
             image = str(item["image"].meta["filename_or_obj"])
-            name = case_name(image)
+            name = nifti_stem(Path(image).name)
             with tempfile.NamedTemporaryFile(dir=out, suffix=".npz", delete=False) as f:
                 np.savez_compressed(
                     f,
@@ -201,10 +194,10 @@ def analyse(
         show_poorest: the table lists the patients below 0.5 and at least this many of the poorest.
     """
     infos, cases = load_cases(probabilities)
-    rows = []
+    rows, finals = [], {}
     for name, probability, truth in cases:
         thresholded = probability >= threshold
-        final = segment(probability, threshold, largest_component)
+        final = finals[name] = segment(probability, threshold, largest_component)
         score = dice(final, truth)
         _, count = foreground_components(thresholded)
         kind = failure_kind(truth, thresholded, final) if score < 0.5 else ""
@@ -234,14 +227,7 @@ def analyse(
     poorest = sorted(rows, key=lambda row: row["dice"])
     listed = [row for rank, row in enumerate(poorest) if row["kind"] or rank < show_poorest]
     if overlays:
-        draw(
-            infos,
-            {name: (probability, truth) for name, probability, truth in cases},
-            listed,
-            threshold,
-            largest_component,
-            overlays,
-        )
+        draw(infos, finals, listed, overlays)
     for row in listed:
         share = row["predicted_voxels"] / max(row["true_voxels"], 1)
         print(
@@ -250,14 +236,12 @@ def analyse(
         )
 
 
-def draw(infos: dict, cases: dict, rows: list[dict], threshold: float, largest_component: bool, folder: str) -> None:
+def draw(infos: dict, finals: dict, rows: list[dict], folder: str) -> None:
     """One overlay PNG per row (``overlay.py``: FLAIR with the true and predicted outlines), named after the patient."""
     for row in rows:
-        probability, truth = cases[row["case"]]
         with tempfile.TemporaryDirectory() as tmp:
             seg = Path(tmp) / "seg.nii.gz"
-            final = segment(probability, threshold, largest_component)
-            nib.save(nib.Nifti1Image(final.astype(np.uint8), np.eye(4)), seg)
+            nib.save(nib.Nifti1Image(finals[row["case"]].astype(np.uint8), np.eye(4)), seg)
             kind = row["kind"] or "above 0.5"
             draw_overlay(
                 infos[row["case"]]["image"],
