@@ -34,12 +34,52 @@ def test_loads_original_state_dict_strict_and_matches_outputs(spatial_dims, upsa
     torch.manual_seed(0)
     kwargs = dict(spatial_dims=spatial_dims, in_channels=3, out_channels=2, features=(8, 8, 16, 16, 32, 8))
     original = OriginalCrossBasicUNet(**kwargs, upsample=upsample).eval()
-    ours = CrossBasicUNet(**kwargs, upsample=upsample).eval()
+    # channels-first, as the original computes (channels-last differs by rounding: see the test below)
+    ours = CrossBasicUNet(**kwargs, upsample=upsample, cpu_channels_last=False).eval()
     assert list(ours.state_dict()) == list(original.state_dict())
     ours.load_state_dict(original.state_dict(), strict=True)
     x = torch.randn(2, 3, *([32] * spatial_dims))
     with torch.no_grad():
         torch.testing.assert_close(ours(x), original(x))
+
+
+@pytest.mark.parametrize("fusion", ["concat", "attention", "projected"])
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 45, 17), (3, 3, 8, 8)])
+def test_cpu_inference_runs_channels_last_with_the_same_outputs(fusion, shape):
+    torch.manual_seed(0)
+    kwargs = dict(in_channels=3, out_channels=2, features=(8, 8, 16, 16, 32, 8), fusion=fusion)
+    fast = CrossBasicUNet(**kwargs).eval()
+    reference = CrossBasicUNet(**kwargs, cpu_channels_last=False).eval()
+    reference.load_state_dict(fast.state_dict(), strict=True)
+    x = torch.randn(shape)
+    assert fast.runs_channels_last(x) and not reference.runs_channels_last(x)
+    with torch.no_grad():
+        out = fast(x)
+        torch.testing.assert_close(out, reference(x), rtol=1e-3, atol=1e-3)
+    assert out.is_contiguous()  # handed back channels-first
+    # a norm that returned channels-first would make every following convolution convert back
+    norm = fast.upcat_1.convs.conv_0.adn.N
+    assert norm(torch.randn(2, 8, 16, 16).contiguous(memory_format=torch.channels_last)).is_contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+def test_training_and_3d_keep_the_channels_first_path():
+    net = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8))
+    x = torch.randn(2, 3, 32, 32)
+    assert not net.train().runs_channels_last(x)
+    assert net.eval().runs_channels_last(x)
+    assert (
+        not CrossBasicUNet(spatial_dims=3, features=(8, 8, 8, 8, 8, 8))
+        .eval()
+        .runs_channels_last(torch.randn(1, 3, 32, 32, 32))
+    )
+    # training is bit-identical to instance norm in channels-first: the replaced norm runs it as it is
+    torch.manual_seed(0)
+    plain = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8), cpu_channels_last=False)
+    ours = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8))
+    ours.load_state_dict(plain.state_dict())
+    assert torch.equal(plain.train()(x), ours.train()(x))
 
 
 def test_original_shrinks_odd_sizes_and_ours_does_not():

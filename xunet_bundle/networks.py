@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -14,7 +15,15 @@ from monai.utils import ensure_tuple_rep
 
 from .fusion import add_conv_nearest_upsampled, conv_nd, nearest_resized_mean, nearest_subsampled
 
-__all__ = ["FUSIONS", "MIN_SPATIAL_SIZE", "CrossBasicUNet", "UpCatAll", "adaptive_max_pool", "match_spatial_size"]
+__all__ = [
+    "FUSIONS",
+    "MIN_SPATIAL_SIZE",
+    "ChannelsLastInstanceNorm2d",
+    "CrossBasicUNet",
+    "UpCatAll",
+    "adaptive_max_pool",
+    "match_spatial_size",
+]
 
 
 def match_spatial_size(x: torch.Tensor, size: list[int]) -> torch.Tensor:
@@ -36,6 +45,8 @@ def match_spatial_size(x: torch.Tensor, size: list[int]) -> torch.Tensor:
     return x
 
 
+logger = logging.getLogger(__name__)
+
 FUSIONS = ("concat", "attention", "projected")
 
 # four 2x poolings must leave at least two voxels per axis, the fewest that instance norm can normalise
@@ -47,6 +58,36 @@ def adaptive_max_pool(x: torch.Tensor, size: list[int]) -> torch.Tensor:
     if x.dim() == 5:
         return F.adaptive_max_pool3d(x, size)
     return F.adaptive_max_pool2d(x, size)
+
+
+class ChannelsLastInstanceNorm2d(nn.InstanceNorm2d):
+    """
+    ``nn.InstanceNorm2d`` (without running statistics) that keeps a channels-last input channels-last.
+
+    PyTorch computes instance norm on a channels-first copy and returns channels-first, so every convolution after it
+    would convert back. Without running statistics, instance norm is group norm with one group per channel, which
+    PyTorch computes in either memory format: a channels-last input takes that form (the same function, the same
+    parameters and state_dict keys). Any other input runs as in ``nn.InstanceNorm2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+        self._check_input_dim(x)
+        return self._apply_instance_norm(x)
+
+
+def keep_channels_last(module: nn.Module) -> None:
+    """
+    Replace, in place, every batched-use ``nn.InstanceNorm2d`` without running statistics inside ``module`` by a
+    :class:`ChannelsLastInstanceNorm2d` holding the same parameters.
+    """
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.InstanceNorm2d and not child.track_running_stats:
+                norm = ChannelsLastInstanceNorm2d(child.num_features, child.eps, child.momentum, child.affine)
+                norm.load_state_dict(child.state_dict())
+                setattr(parent, name, norm)
 
 
 class UpCatAll(nn.Module):
@@ -236,6 +277,7 @@ class CrossBasicUNet(nn.Module):
         fusion: str = "concat",
         attention_reduction: int = 16,
         projection_chns: int = 16,
+        cpu_channels_last: bool = True,
     ):
         """
         Args:
@@ -257,6 +299,10 @@ class CrossBasicUNet(nn.Module):
                 1x1-projected, max-pooled when going down). See :class:`UpCatAll`.
             attention_reduction: reduction ratio of the squeeze-and-excitation layers (``"attention"`` only).
             projection_chns: channels each encoder feature is projected to (``"projected"`` only).
+            cpu_channels_last: in eval mode on a CPU, run 2D inputs in channels-last memory format, where PyTorch's
+                oneDNN convolutions are much faster (inference about 1.8x, ``benchmarks/latency``); the outputs
+                are the same up to floating-point rounding and come back channels-first. Training (slower in
+                channels-last on a CPU), CUDA, 3D, TorchScript and export are unchanged.
         """
         super().__init__()
         fea = ensure_tuple_rep(features, 6)
@@ -278,6 +324,10 @@ class CrossBasicUNet(nn.Module):
         self.final_conv = Conv["conv", spatial_dims](fea[5], out_channels, kernel_size=1)
         self.fast_fusion = fast_fusion
         self.min_spatial_size = MIN_SPATIAL_SIZE
+        self.cpu_channels_last = cpu_channels_last
+        self.logged_channels_last = False
+        if spatial_dims == 2:
+            keep_channels_last(self)
 
     @property
     def fast_fusion(self) -> bool:
@@ -296,6 +346,32 @@ class CrossBasicUNet(nn.Module):
         Returns:
             logits of shape ``(batch, out_channels, *spatial)``.
         """
+        if torch.jit.is_scripting():
+            return self._padded_forward(x)
+        else:
+            if self.runs_channels_last(x):
+                return self._padded_forward(self.to_channels_last(x)).contiguous()
+            return self._padded_forward(x)
+
+    @torch.jit.unused
+    def runs_channels_last(self, x: torch.Tensor) -> bool:
+        """Whether ``x``, channels-first, is to be run channels-last (see ``cpu_channels_last``)."""
+        if not self.cpu_channels_last or self.training or x.dim() != 4 or x.device.type != "cpu":
+            return False
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return False
+        return not x.is_contiguous(memory_format=torch.channels_last)
+
+    @torch.jit.unused
+    def to_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in channels-last memory format; the first time, the log says that this path runs."""
+        if not self.logged_channels_last:
+            logger.info("CrossBasicUNet: CPU inference in channels-last memory format (faster convolutions)")
+            self.logged_channels_last = True
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def _padded_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass, zero-padding inputs smaller than ``min_spatial_size`` and cropping the output back."""
         size = x.shape[2:]
         pads: list[int] = []
         for dim in range(len(size) - 1, -1, -1):

@@ -40,8 +40,11 @@ from xunet_bundle import CrossBasicUNet  # noqa: E402
 from xunet_bundle.runtime import cpu_supports_bf16  # noqa: E402
 
 # each setting: the overrides it adds to the defaults of configs/inference.json
+CHANNELS_FIRST = ["--network_def#cpu_channels_last", "False"]
 SETTINGS = {
     "default": [],
+    "fp32, channels-first (the default before 0.15.0)": ["--amp", "False", *CHANNELS_FIRST],
+    "bf16, channels-first (the default of 0.13.0 and 0.14.0)": ["--amp", "True", *CHANNELS_FIRST],
     "fp32": ["--amp", "False"],
     "bf16": ["--amp", "True"],
     "fp32, no mirroring": ["--amp", "False", "--mirror_axes", "[]"],
