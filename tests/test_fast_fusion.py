@@ -167,3 +167,42 @@ def test_accumulator_is_updated_in_place_unless_it_is_a_leaf_that_requires_grad(
     grad = torch.randn_like(result)
     result.backward(grad)
     torch.testing.assert_close(leaf.grad, grad)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_inference_folds_the_kernels_once_and_again_when_the_weights_change(fusion):
+    torch.manual_seed(0)
+    net = CrossBasicUNet(features=SMALL, fusion=fusion).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        first = net(x)
+        kernels = net.upcat_1.kernel_cache[1]
+        assert torch.equal(net(x), first)
+        assert net.upcat_1.kernel_cache[1] is kernels  # reused, not folded again
+    with torch.enable_grad():
+        torch.testing.assert_close(net(x), first, rtol=0, atol=0)  # autograd folds every call: the same outputs
+    with torch.no_grad():
+        net.upcat_1.convs.conv_0.conv.weight.mul_(0.5)  # in place: a new version
+        changed = net(x)
+        assert net.upcat_1.kernel_cache[1] is not kernels
+    fresh = CrossBasicUNet(features=SMALL, fusion=fusion).eval()
+    fresh.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert not torch.equal(changed, first)
+        assert torch.equal(changed, fresh(x))
+        as_double = net.double()(x.double())  # cast: kernels folded again in float64
+    assert as_double.dtype == torch.float64
+    torch.testing.assert_close(as_double.float(), changed, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_kernels_follow_the_autocast_dtype():
+    net = CrossBasicUNet(features=SMALL).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        full = net(x)
+        assert net.upcat_1.kernel_cache[1][0].dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net(x)
+        assert net.upcat_1.kernel_cache[1][0].dtype == torch.bfloat16
+        assert torch.equal(net(x), full)  # back to float32 kernels
+    torch.testing.assert_close(low.float(), full, rtol=0.1, atol=0.1)

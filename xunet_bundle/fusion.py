@@ -24,6 +24,7 @@ import torch.nn.functional as F
 __all__ = [
     "add_conv_nearest_upsampled",
     "conv_nd",
+    "fold_kernels",
     "integer_scale",
     "nearest_resized_mean",
     "nearest_subsampled",
@@ -112,21 +113,40 @@ def _fold_weight(weight: torch.Tensor, middle_dims: tuple[bool, ...]) -> torch.T
     return folded.reshape(-1, out_chns, in_chns, *folded.shape[-n:])
 
 
-def _phase_results(x: torch.Tensor, weight: torch.Tensor, scale: int) -> list[tuple[torch.Tensor, list[Classes]]]:
+def _middle_combinations(scale: int, spatial_dims: int) -> list[tuple[bool, ...]]:
+    """Whether each dimension is a middle one, for every combination that has phases at upsampling factor ``scale``."""
+    return list(itertools.product((False, True) if scale > 2 else (False,), repeat=spatial_dims))
+
+
+def fold_kernels(weight: torch.Tensor, scale: int) -> list[torch.Tensor]:
     """
-    The convolutions at the source's resolution: one per combination of edge / middle dimensions, each computing the
-    phase classes of that combination at once, as ``(batch, classes, out, *spatial)`` with its list of classes (a
-    class being a tuple of per-dimension kinds). Along an edge dimension the result is one longer than the source.
+    The kernels of the convolutions at the source's resolution that :func:`add_conv_nearest_upsampled` runs for the
+    upsampling factor ``scale``: one per combination of edge / middle dimensions, each ``(classes * out, in, *taps)``.
+    They depend on the weights only, so inference can fold them once.
+
+    Args:
+        weight: kernel ``(out, in, 3, ..., 3)``.
+        scale: integer upsampling factor, at least 2.
     """
-    n = x.dim() - 2
-    out_chns = weight.shape[0]
+    combinations = _middle_combinations(scale, weight.dim() - 2)
+    return [_fold_weight(weight, middle_dims).flatten(0, 1) for middle_dims in combinations]
+
+
+def _phase_results(
+    x: torch.Tensor, kernels: list[torch.Tensor], out_chns: int, scale: int
+) -> list[tuple[torch.Tensor, list[Classes]]]:
+    """
+    The convolutions at the source's resolution: one per combination of edge / middle dimensions (with its kernel
+    from :func:`fold_kernels`), each computing the phase classes of that combination at once, as
+    ``(batch, classes, out, *spatial)`` with its list of classes (a class being a tuple of per-dimension kinds). Along
+    an edge dimension the result is one longer than the source.
+    """
     results = []
-    for middle_dims in itertools.product((False, True) if scale > 2 else (False,), repeat=n):
-        folded = _fold_weight(weight, middle_dims)
+    for middle_dims, kernel in zip(_middle_combinations(scale, x.dim() - 2), kernels):
         pads = []
         for middle in reversed(middle_dims):
             pads += [0, 0] if middle else [1, 1]
-        result = conv_nd(F.pad(x, pads), folded.reshape(-1, *folded.shape[2:]))
+        result = conv_nd(F.pad(x, pads), kernel)
         result = result.view(x.shape[0], -1, out_chns, *result.shape[2:])
         edge_classes = [[MIDDLE] if middle else [FIRST, LAST] for middle in middle_dims]
         results.append((result, list(itertools.product(*edge_classes))))
@@ -194,7 +214,9 @@ class _AddPhases(torch.autograd.Function):
         return grad, None, None, *result_grads
 
 
-def add_conv_nearest_upsampled(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def add_conv_nearest_upsampled(
+    out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, kernels: list[torch.Tensor] | None = None
+) -> torch.Tensor:
     """
     ``out + conv(nearest_resize(x, out.shape[2:]), weight, padding=1)`` (no bias), with the convolutions at the
     resolution of ``x``, added into ``out`` in place (the addition's backward needs neither operand). A leaf ``out``
@@ -207,6 +229,7 @@ def add_conv_nearest_upsampled(out: torch.Tensor, x: torch.Tensor, weight: torch
         out: accumulator ``(batch, out, *size)``.
         x: source feature ``(batch, in, *spatial)``.
         weight: kernel ``(out, in, 3, ..., 3)``.
+        kernels: ``fold_kernels(weight, scale)`` for this upsampling factor, if already folded.
     """
     size = list(out.shape[2:])
     scale = integer_scale(size, list(x.shape[2:]))
@@ -214,5 +237,7 @@ def add_conv_nearest_upsampled(out: torch.Tensor, x: torch.Tensor, weight: torch
         return out + reference_conv_nearest_upsampled(x, weight, size)
     if out.is_leaf and out.requires_grad:
         out = out.clone()
-    results, classes = zip(*_phase_results(x, weight, scale))
+    if kernels is None:
+        kernels = fold_kernels(weight, scale)
+    results, classes = zip(*_phase_results(x, kernels, weight.shape[0], scale))
     return _AddPhases.apply(out, scale, list(classes), *results)

@@ -1,10 +1,10 @@
 """
 Per-patient inference latency (issue 35): ``python -m monai.bundle run inference`` on one patient at a time, in a
 fresh process each time, for several settings; reports the whole command's wall-clock seconds and the engine's (the
-"Engine run finished. Time taken" line of Ignite's log), the median of ``repeats`` runs, and the seconds
-``import monai`` alone takes in a fresh process (the bulk of the start-up). With ``--network True`` it also times the
-network's forward alone on ``batch`` slices of 256 x 256 for the other runtimes: PyTorch fp32 and bf16, ONNX Runtime
-fp32, and ``torch.compile`` (with its compile time), the shipped weights loaded.
+"Engine run finished. Time taken" line of Ignite's log), the median of ``repeats`` runs (the settings alternating
+within each repeat), and the seconds ``import monai`` alone takes in a fresh process (the bulk of the start-up). With
+``--network True`` it also times the network's forward alone on ``batch`` slices of 256 x 256 for the other runtimes:
+PyTorch fp32 and bf16, ONNX Runtime fp32, and ``torch.compile`` (with its compile time), the shipped weights loaded.
 
 ``dice`` evaluates the test patients once per numeric setting (fp32 and bf16 here) with ``evaluate.json`` and
 reports each patient's Dice and the paired difference against the first setting.
@@ -43,8 +43,8 @@ from xunet_bundle.runtime import cpu_supports_bf16  # noqa: E402
 CHANNELS_FIRST = ["--network_def#cpu_channels_last", "False"]
 SETTINGS = {
     "default": [],
-    "fp32, channels-first (the default before 0.15.0)": ["--amp", "False", *CHANNELS_FIRST],
-    "bf16, channels-first (the default of 0.13.0 and 0.14.0)": ["--amp", "True", *CHANNELS_FIRST],
+    "fp32, channels-first": ["--amp", "False", *CHANNELS_FIRST],
+    "bf16, channels-first": ["--amp", "True", *CHANNELS_FIRST],
     "fp32": ["--amp", "False"],
     "bf16": ["--amp", "True"],
     "fp32, no mirroring": ["--amp", "False", "--mirror_axes", "[]"],
@@ -176,10 +176,16 @@ def main(
         for patient in patients:
             image = (Path(dataset_dir) / "imagesTr" / f"{patient}.nii.gz").absolute()
             slices = int(__import__("nibabel").load(image).shape[2])
+            # the settings alternate within each repeat, so that a machine slowing down or speeding up during the
+            # benchmark weighs on all of them alike
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in settings}
+            for _ in range(repeats):
+                for name in settings:
+                    runs[name].append(run_inference(image, SETTINGS[name], Path(work)))
             rows = {}
             for name in settings:
-                runs = [run_inference(image, SETTINGS[name], Path(work)) for _ in range(repeats)]
-                command, engine = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+                command = statistics.median(r[0] for r in runs[name])
+                engine = statistics.median(r[1] for r in runs[name])
                 rows[name] = {"command_s": round(command, 2), "engine_s": round(engine, 2)}
                 print(f"{patient} ({slices} slices) {name}: command {command:.2f} s, engine {engine:.2f} s", flush=True)
             record["patients"][patient] = {"slices": slices, "settings": rows}
