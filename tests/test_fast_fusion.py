@@ -176,15 +176,16 @@ def test_inference_folds_the_kernels_once_and_again_when_the_weights_change(fusi
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         first = net(x)
-        kernels = net.upcat_1.kernel_cache[1]
+        kernels = net.upcat_1.kernel_cache[2]
         assert torch.equal(net(x), first)
-        assert net.upcat_1.kernel_cache[1] is kernels  # reused, not folded again
+        assert net.upcat_1.kernel_cache[2] is kernels  # reused, not folded again
     with torch.enable_grad():
         torch.testing.assert_close(net(x), first, rtol=0, atol=0)  # autograd folds every call: the same outputs
     with torch.no_grad():
-        net.upcat_1.convs.conv_0.conv.weight.mul_(0.5)  # in place: a new version
+        # through .data, as fused optimizers and weight-swapping code do: no new version, the values change
+        net.upcat_1.convs.conv_0.conv.weight.data.mul_(0.5)
         changed = net(x)
-        assert net.upcat_1.kernel_cache[1] is not kernels
+        assert net.upcat_1.kernel_cache[2] is not kernels
     fresh = CrossBasicUNet(features=SMALL, fusion=fusion).eval()
     fresh.load_state_dict(net.state_dict())
     with torch.no_grad():
@@ -200,9 +201,46 @@ def test_inference_kernels_follow_the_autocast_dtype():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         full = net(x)
-        assert net.upcat_1.kernel_cache[1][0].dtype == torch.float32
+        assert net.upcat_1.kernel_cache[2][0].dtype == torch.float32
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = net(x)
-        assert net.upcat_1.kernel_cache[1][0].dtype == torch.bfloat16
+        assert net.upcat_1.kernel_cache[2][0].dtype == torch.bfloat16
         assert torch.equal(net(x), full)  # back to float32 kernels
     torch.testing.assert_close(low.float(), full, rtol=0.1, atol=0.1)
+
+
+def test_fused_optimizer_steps_between_evaluations_are_seen():
+    torch.manual_seed(0)
+    net = CrossBasicUNet(features=SMALL)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5, fused=True)  # updates without bumping versions
+    x = torch.randn(2, 3, 32, 32)
+    for _ in range(2):
+        net.train()
+        optimizer.zero_grad()
+        net(x).square().mean().backward()
+        optimizer.step()
+        net.eval()
+        fresh = CrossBasicUNet(features=SMALL).eval()
+        fresh.load_state_dict(net.state_dict())
+        with torch.no_grad():
+            assert torch.equal(net(x), fresh(x))
+
+
+def test_float64_network_under_bf16_autocast_keeps_float64_kernels():
+    net = CrossBasicUNet(features=SMALL).eval().double()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast leaves float64 alone
+            out = net(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, expected)
+
+
+def test_pickled_and_copied_networks_leave_the_inference_kernels_behind():
+    net = CrossBasicUNet(features=SMALL).eval()
+    with torch.no_grad():
+        net(torch.randn(1, 3, 64, 64))
+    assert net.upcat_1.kernel_cache is not None
+    assert copy.deepcopy(net).upcat_1.kernel_cache is None
+    assert net.upcat_1.kernel_cache is not None  # the original keeps them

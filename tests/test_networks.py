@@ -64,6 +64,28 @@ def test_cpu_inference_runs_channels_last_with_the_same_outputs(fusion, shape):
     )
 
 
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_channels_last_path_runs_channels_last_for_any_channel_count(in_channels):
+    net = CrossBasicUNet(in_channels=in_channels, features=(8, 8, 8, 8, 8, 8)).eval()
+    seen = []
+    net.conv_0.conv_0.conv.register_forward_hook(lambda module, args, out: seen.append(out))
+    with torch.no_grad():
+        out = net(torch.randn(2, in_channels, 32, 32))
+    # one channel is contiguous in both formats; the convolutions must still run channels-last
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    assert out.is_contiguous()
+    with torch.no_grad():
+        assert net(torch.randn(1, in_channels, 5, 7)).is_contiguous()  # small inputs: cropped, then contiguous
+
+
+@pytest.mark.parametrize(
+    "name, value", [("cpu_channels_last", "maybe"), ("cpu_channels_last", "False"), ("fast_fusion", 0)]
+)
+def test_switches_must_be_booleans(name, value):
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        CrossBasicUNet(**{name: value})
+
+
 def test_training_and_3d_keep_the_channels_first_path():
     net = CrossBasicUNet(features=(8, 8, 8, 8, 8, 8))
     x = torch.randn(2, 3, 32, 32)

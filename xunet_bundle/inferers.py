@@ -37,6 +37,8 @@ class CpuAutocastInferer(Inferer):
             logger.info("amp: float32 on CPU: this CPU has no native bfloat16, where autocast would be slower")
         elif self.enabled:
             logger.info("amp: bfloat16 autocast on CPU (native bfloat16 found); float32 on CUDA unless MONAI's amp")
+        else:
+            logger.info("amp: off, float32")
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         if not self.enabled or inputs.device.type != "cpu":
