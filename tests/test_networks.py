@@ -8,6 +8,7 @@ from monai.networks.nets import BasicUNet
 from original_xunet import OriginalCrossBasicUNet
 
 from xunet_bundle import CrossBasicUNet
+from xunet_bundle.networks import ChannelsLastInstanceNorm2d
 
 
 @pytest.mark.parametrize(
@@ -76,6 +77,18 @@ def test_channels_last_path_runs_channels_last_for_any_channel_count(in_channels
     assert out.is_contiguous()
     with torch.no_grad():
         assert net(torch.randn(1, in_channels, 5, 7)).is_contiguous()  # small inputs: cropped, then contiguous
+
+
+def test_channels_last_instance_norm_matches_instance_norm_on_every_input():
+    torch.manual_seed(0)
+    plain = torch.nn.InstanceNorm2d(4, affine=True)
+    torch.nn.init.normal_(plain.weight)
+    ours = ChannelsLastInstanceNorm2d(4, affine=True)
+    ours.load_state_dict(plain.state_dict())
+    batched = torch.randn(2, 4, 6, 5)
+    for x in (batched, batched.contiguous(memory_format=torch.channels_last), batched[0]):  # unbatched too
+        torch.testing.assert_close(ours(x), plain(x))
+    torch.testing.assert_close(torch.jit.script(ours)(batched[0]), plain(batched[0]))
 
 
 @pytest.mark.parametrize(

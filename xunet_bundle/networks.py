@@ -81,6 +81,8 @@ class ChannelsLastInstanceNorm2d(nn.InstanceNorm2d):
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
         self._check_input_dim(x)
+        if x.dim() == self._get_no_batch_dim():
+            return self._handle_no_batch_input(x)
         return self._apply_instance_norm(x)
 
 
@@ -402,7 +404,7 @@ class CrossBasicUNet(nn.Module):
         """
         if torch.jit.is_scripting():
             return self._padded_forward(x)
-        else:
+        else:  # an ``else`` branch, which TorchScript skips: it cannot compile the channels-last helpers
             if self.runs_channels_last(x):
                 return self._padded_forward(self.to_channels_last(x)).contiguous()
             return self._padded_forward(x)
