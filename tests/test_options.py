@@ -31,6 +31,7 @@ VALID = {
     "resume": False,
     "check_data": True,
     "tune_malloc": True,
+    "gc_freeze": True,
     "largest_component": True,
     "confident_components": None,
     "augmentation": "standard",

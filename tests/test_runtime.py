@@ -1,7 +1,8 @@
-"""Process settings: glibc malloc tuning, one-line data errors."""
+"""Process settings: glibc malloc tuning, the collector's frozen start-up objects, one-line data errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,3 +42,32 @@ def test_uncaught_data_error_ends_with_one_line(full_traceback, tmp_path):
         assert "Traceback" in result.stderr and "RuntimeError: Failed to evaluate" in result.stderr
     else:
         assert result.stderr.strip() == message
+
+
+def test_freeze_startup_objects_only_where_asked():
+    # in a process of its own: frozen objects stay frozen for the process's life
+    code = (
+        "import gc, xunet_bundle.runtime as r\n"
+        "print(r.freeze_startup_objects(), gc.get_freeze_count())\n"
+        "print(r.freeze_startup_objects(command_line_only=False), gc.get_freeze_count() > 0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    # not in a process that is no bundle command (a host keeps its collector); frozen when asked
+    assert result.stdout.split() == ["False", "0", "True", "True"]
+
+
+@pytest.mark.parametrize(
+    "config, overrides, frozen", [("inference", [], True), ("train", ["--gc_freeze", "False"], False)]
+)
+def test_bundle_commands_freeze_startup_objects(config, overrides, frozen, tmp_path):
+    # a real ``monai.bundle run`` whose run section only reports what the configs' initialize section did
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps({"run": ["$print('frozen objects:', __import__('gc').get_freeze_count() > 0)"]}))
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file",
+        f"['configs/{config}.json', '{probe.as_posix()}']", *overrides,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"frozen objects: {frozen}" in result.stdout

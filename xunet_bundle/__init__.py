@@ -2,5 +2,5 @@
 
 from .networks import CrossBasicUNet, UpCatAll
 
-__version__ = "0.15.0"
+__version__ = "0.16.0"
 __all__ = ["CrossBasicUNet", "UpCatAll", "__version__"]

@@ -107,6 +107,7 @@ OPTION_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "resume": (_boolean, "True or False"),
     "check_data": (_boolean, "True or False"),
     "tune_malloc": (_boolean, "True or False"),
+    "gc_freeze": (_boolean, "True or False"),
     "largest_component": (_boolean, "True or False"),
     "confident_components": (
         lambda value: value is None
