@@ -5,6 +5,7 @@ fresh process each time, for several settings; reports the whole command's wall-
 within each repeat), and the seconds ``import monai`` alone takes in a fresh process (the bulk of the start-up). With
 ``--network True`` it also times the network's forward alone on ``batch`` slices of 256 x 256 for the other runtimes:
 PyTorch fp32 and bf16, ONNX Runtime fp32, and ``torch.compile`` (with its compile time), the shipped weights loaded.
+With ``--ensemble_checkpoints`` it also times the ensemble of those models (``configs/ensemble.json``).
 
 ``dice`` evaluates the test patients once per numeric setting (fp32 and bf16 here) with ``evaluate.json`` and
 reports each patient's Dice and the paired difference against the first setting.
@@ -55,13 +56,29 @@ SETTINGS = {
 ENGINE_TIME = re.compile(r"Engine run finished\. Time taken: (\d+):(\d+):(\d+\.\d+)")
 
 
+def ensemble_overrides(checkpoints: tuple[str, ...]) -> list[str]:
+    """The overrides that segment with the ensemble of ``checkpoints`` (``configs/ensemble.json``), default settings."""
+    members = [str(Path(path).absolute()) for path in checkpoints]
+    return [
+        "--config_file",
+        "['configs/inference.json','configs/ensemble.json']",
+        "--ensemble_checkpoints",
+        str(members),
+    ]
+
+
 def run_inference(image: Path, overrides: list[str], work: Path) -> tuple[float, float]:
-    """Segment ``image`` alone in a fresh process; return the command's and the engine's seconds."""
+    """
+    Segment ``image`` alone in a fresh process; return the command's and the engine's seconds. ``overrides`` may
+    replace the config file (an ensemble's).
+    """
     input_dir, output_dir = Path(tempfile.mkdtemp(dir=work)), Path(tempfile.mkdtemp(dir=work))
     os.symlink(image, input_dir / image.name)
+    if "--config_file" not in overrides:
+        overrides = ["--config_file", "configs/inference.json", *overrides]
     command = [
-        sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.json",
-        "--dataset_dir", str(input_dir), "--output_dir", str(output_dir), *overrides,
+        sys.executable, "-m", "monai.bundle", "run", "inference", *overrides,
+        "--dataset_dir", str(input_dir), "--output_dir", str(output_dir),
     ]  # fmt: skip
     start = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -152,6 +169,7 @@ def main(
     network: bool = True,
     batch: int = 4,
     compile_network: bool = True,
+    ensemble_checkpoints: tuple[str, ...] = (),
     json_out: str | None = None,
 ) -> None:
     """
@@ -159,6 +177,9 @@ def main(
         dataset_dir: a folder prepared by ``scripts/prepare_lgg.py`` (its ``imagesTr``).
         patients: the patients (file names without ``.nii.gz``) to segment.
         settings: names in :data:`SETTINGS`.
+        ensemble_checkpoints: if given, also time the ensemble of these ``model.pt`` files (``configs/ensemble.json``)
+            with the default settings, as the setting "ensemble of N". Its latency does not depend on the weights'
+            values, only on their number.
         repeats: runs per patient and setting (the median is reported).
         network: also time the network alone under each runtime.
         batch: slices per network call for those timings.
@@ -178,6 +199,9 @@ def main(
     }
     record["import_monai_s"], record["python_import_monai_s"] = import_seconds(repeats)
     record["patients"] = {}
+    overrides = {name: SETTINGS[name] for name in settings}
+    if ensemble_checkpoints:
+        overrides[f"ensemble of {len(ensemble_checkpoints)}"] = ensemble_overrides(tuple(ensemble_checkpoints))
     print(
         f"import monai: {record['import_monai_s']:.2f} s; python -c 'import monai' as a whole (start, import, exit): "
         f"{record['python_import_monai_s']:.2f} s",
@@ -189,12 +213,12 @@ def main(
             slices = int(__import__("nibabel").load(image).shape[2])
             # the settings alternate within each repeat, so that a machine slowing down or speeding up during the
             # benchmark weighs on all of them alike
-            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in settings}
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in overrides}
             for _ in range(repeats):
-                for name in settings:
-                    runs[name].append(run_inference(image, SETTINGS[name], Path(work)))
+                for name in overrides:
+                    runs[name].append(run_inference(image, overrides[name], Path(work)))
             rows = {}
-            for name in settings:
+            for name in overrides:
                 command = statistics.median(r[0] for r in runs[name])
                 engine = statistics.median(r[1] for r in runs[name])
                 rows[name] = {"command_s": round(command, 2), "engine_s": round(engine, 2)}
