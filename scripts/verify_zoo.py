@@ -137,11 +137,16 @@ def example_input(root: Path) -> torch.Tensor:
 
 
 def eager_network(root: Path) -> torch.nn.Module:
+    """
+    The inference config's network with the bundle's weights, in eval mode, channels-first as the exported models run:
+    its CPU channels-last path differs from them by rounding (tested against channels-first in the network tests).
+    """
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
     parser["bundle_root"] = str(root)
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.cpu_channels_last = False
     return net.eval()
 
 

@@ -707,7 +707,11 @@ CASES = [
     Case("train", option("fold", "7"), "fold 7 is not in the datalist"),
     Case("train", option("resume", "yes"), "must be True or False"),
     Case("train", option("augmentation", "strong"), "must be 'standard' .* or 'site'"),
-    Case("train", option("augmentation", "None"), r"a plain None is dropped by monai.bundle.*'\$None'"),
+    Case(
+        "train",
+        option("augmentation", "None"),
+        r"a plain None is dropped by monai.bundle.*this option takes 'standard'",
+    ),
     Case("evaluate", option("foreground_threshold", "0"), r"a foreground probability in \(0, 1\]"),
     Case("evaluate", option("eval_subset", "everything"), "must be one of 'train', 'validation', 'test' or 'all'"),
     Case("inference", option("foreground_threshold", "1.5"), r"a foreground probability in \(0, 1\]"),

@@ -14,6 +14,7 @@ from xunet_bundle.data import (
     CaseNameFormatter,
     DataError,
     case_name,
+    check_output_dirs,
     find_volumes,
     load_split,
     split_patients,
@@ -421,3 +422,20 @@ def test_cases_in_folders_of_their_own_are_named_after_their_folders(tmp_path):
     path.write_text(json.dumps({"training": [entry("c1", 0), entry("sub/c1", 1)]}))
     with pytest.raises(DataError, match=r"case 'c1' is listed twice \(\"training\" entry 0 and \"training\" entry 1\)"):
         read_datalist(path)
+
+
+def test_a_run_saving_over_the_shipped_weights_is_warned(tmp_path, caplog):
+    shipped = Path(__file__).resolve().parents[1] / "models" / "model.pt"
+    if not shipped.is_file():
+        pytest.skip("models/model.pt (the shipped weights) is not in this checkout")
+    ckpt_dir, other_dir = tmp_path / "models", tmp_path / "other"
+    ckpt_dir.mkdir()
+    other_dir.mkdir()
+    (ckpt_dir / "model.pt").write_bytes(shipped.read_bytes())
+    (other_dir / "model.pt").write_bytes(shipped.read_bytes()[:-1])  # not the shipped weights
+    with caplog.at_level("WARNING", logger="xunet_bundle"):
+        check_output_dirs(tmp_path / "out", checkpoints=[other_dir])
+    assert "shipped" not in caplog.text
+    with caplog.at_level("WARNING", logger="xunet_bundle"):
+        check_output_dirs(tmp_path / "out", checkpoints=[ckpt_dir])
+    assert f"{ckpt_dir / 'model.pt'} holds the shipped LGG weights" in caplog.text and "--ckpt_dir" in caplog.text

@@ -135,22 +135,25 @@ def test_an_option_that_names_no_config_id_is_found_with_a_hint(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv, found",
+    "argv, found, hint",
     [
-        (["run", "training", "--augmentation", "None"], "--augmentation"),
-        (["run", "inference", "--confident_components=None"], "--confident_components"),
-        (["run", "training", "--epochs", "2", "--flip_axes", " None "], "--flip_axes"),
-        (["run", "training", "--foreground_threshold", "$None", "--run_id", "training"], None),
-        (["run", "training", "--epochs", "2"], None),
+        (["run", "training", "--augmentation", "None"], "--augmentation", "this option takes 'standard'"),
+        (["run", "inference", "--gc_freeze", "None"], "--gc_freeze", "this option takes True or False"),
+        (["run", "inference", "--confident_components=None"], "--confident_components", "'$None'"),
+        (["run", "training", "--epochs", "2", "--flip_axes", " None "], "--flip_axes", "'$None'"),
+        (["run", "training", "--foreground_threshold", "$None", "--run_id", "training"], None, None),
+        (["run", "training", "--epochs", "2"], None, None),
     ],
 )
-def test_a_plain_none_is_named_since_monai_bundle_would_drop_it(argv, found):
+def test_a_plain_none_is_named_since_monai_bundle_would_drop_it(argv, found, hint):
     from xunet_bundle.options import ignored_none_override
 
     result = ignored_none_override(argv)
     assert (result and result[0]) == found
     if found:
-        assert "'$None'" in result[1]
+        assert "dropped by monai.bundle" in result[1] and hint in result[1]
+        # '$None' is suggested only where None is a value the option takes
+        assert ("'$None'" in result[1]) == (hint == "'$None'")
 
 
 def test_confident_components_with_the_largest_component_warn(caplog):

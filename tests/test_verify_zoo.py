@@ -41,4 +41,4 @@ def test_zoo_checks_report_each_problem(shipped_weights, schema_path, tmp_path):
                     "FAILED  pins install on the oldest Python: the metadata pins do not install on Python 3.1",
                     ):  # fmt: skip
         assert failure in result.stdout, result.stdout
-    assert "ok      TorchScript export" in result.stdout and "ok      ONNX export" in result.stdout
+    assert "ok      TorchScript export" in result.stdout and "ok      ONNX export" in result.stdout, result.stdout

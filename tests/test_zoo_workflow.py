@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import shutil
 import sys
 
@@ -105,9 +106,10 @@ def mmapped_bytes_of_a_large_allocation() -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
-def test_a_host_process_keeps_its_excepthook_and_allocator(demo_dir, tmp_path):
-    """MONAI Label's server or a user's script loads and runs the bundle in-process: it must change neither."""
+def test_a_host_process_keeps_its_excepthook_allocator_and_collector(demo_dir, tmp_path):
+    """MONAI Label's server or a user's script loads and runs the bundle in-process: it must change none of them."""
     hook = sys.excepthook
+    frozen = gc.get_freeze_count()
     assert mmapped_bytes_of_a_large_allocation() >= 1 << 30
     images = tmp_path / "images"
     images.mkdir()
@@ -119,4 +121,5 @@ def test_a_host_process_keeps_its_excepthook_and_allocator(demo_dir, tmp_path):
     run_checked(inferrer)
     assert (tmp_path / "out" / "case_seg.nii.gz").is_file()
     assert sys.excepthook is hook
+    assert gc.get_freeze_count() == frozen
     assert mmapped_bytes_of_a_large_allocation() >= 1 << 30

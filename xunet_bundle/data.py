@@ -158,7 +158,8 @@ def check_output_dirs(*folders: str | os.PathLike, checkpoints: Sequence[str | o
 
     Args:
         folders: folders the run writes to.
-        checkpoints: folders the run saves checkpoints to with Ignite.
+        checkpoints: folders the run saves checkpoints to with Ignite; a warning says when one holds the shipped
+            weights, which the run's model would replace.
     """
     for folder in [*folders, *checkpoints]:
         folder = Path(folder)
@@ -172,6 +173,19 @@ def check_output_dirs(*folders: str | os.PathLike, checkpoints: Sequence[str | o
         except OSError as e:
             raise DataError(folder, f"the output folder is not writable ({e.strerror}).") from e
         remove_leftovers(folder, checkpoints=str(folder) in map(str, checkpoints))
+    for folder in checkpoints:
+        _warn_if_shipped_weights(Path(folder) / "model.pt")
+
+
+def _warn_if_shipped_weights(path: Path) -> None:
+    """Warn that a run saving into ``path``'s folder will replace the shipped weights there (training's default)."""
+    from .postprocessing import SHIPPED_WEIGHTS_MD5, _md5  # postprocessing imports this module
+
+    if _md5(path) == SHIPPED_WEIGHTS_MD5:
+        logging.getLogger(__name__).warning(
+            f"{path} holds the shipped LGG weights: this run's best model will replace them (restore them with "
+            "`git checkout models/model.pt`); pass --ckpt_dir <folder> to keep them."
+        )
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> None:

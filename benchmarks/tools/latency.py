@@ -90,6 +90,13 @@ def run_inference(image: Path, overrides: list[str], work: Path) -> tuple[float,
     return seconds, int(hours) * 3600 + int(minutes) * 60 + float(secs)
 
 
+def git_commit() -> str:
+    """The checkout's commit, with ``+changes`` when tracked files differ from it."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
+    return commit + ("+changes" if dirty else "")
+
+
 def import_seconds(repeats: int) -> tuple[float, float]:
     """
     The medians, over fresh processes, of the seconds ``import monai`` takes inside the process and of the wall-clock
@@ -188,6 +195,8 @@ def main(
     """
     record = {
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_commit": git_commit(),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
@@ -221,7 +230,11 @@ def main(
             for name in overrides:
                 command = statistics.median(r[0] for r in runs[name])
                 engine = statistics.median(r[1] for r in runs[name])
-                rows[name] = {"command_s": round(command, 2), "engine_s": round(engine, 2)}
+                rows[name] = {
+                    "command_s": round(command, 2),
+                    "engine_s": round(engine, 2),
+                    "runs": [{"command_s": round(c, 2), "engine_s": round(e, 2)} for c, e in runs[name]],
+                }
                 print(f"{patient} ({slices} slices) {name}: command {command:.2f} s, engine {engine:.2f} s", flush=True)
             record["patients"][patient] = {"slices": slices, "settings": rows}
     if network:
