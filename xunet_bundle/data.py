@@ -183,8 +183,8 @@ def _warn_if_shipped_weights(path: Path) -> None:
 
     if _md5(path) == SHIPPED_WEIGHTS_MD5:
         logging.getLogger(__name__).warning(
-            f"{path} holds the shipped LGG weights: this run's best model will replace them (restore them with "
-            "`git checkout models/model.pt`); pass --ckpt_dir <folder> to keep them."
+            f"{path} holds the shipped LGG weights: this run's best model will replace them (in a clone, "
+            "`git checkout models/model.pt` restores them); pass --ckpt_dir <folder> to keep them."
         )
 
 

@@ -94,8 +94,8 @@ def freeze_startup_objects(command_line_only: bool = True) -> bool:
     Python's full collections traverse every tracked object, and the interpreter runs several while it exits: after
     ``import monai`` a command spent about a second exiting. Frozen objects are skipped; objects created later (the
     network, the data, the outputs) are collected as before. What is frozen is never collected, so cyclic garbage among
-    it stays until the process ends: harmless for a command, which is why a host process keeps its collector as it
-    was.
+    it stays until the process ends: harmless for a command, which ends with its run; a host process, which lives on
+    and loads other work, keeps its collector as it was.
 
     Args:
         command_line_only: freeze only in a ``monai.bundle`` command (:func:`is_bundle_command`).
