@@ -179,9 +179,9 @@ def check_output_dirs(*folders: str | os.PathLike, checkpoints: Sequence[str | o
 
 def _warn_if_shipped_weights(path: Path) -> None:
     """Warn that a run saving into ``path``'s folder will replace the shipped weights there (training's default)."""
-    from .postprocessing import SHIPPED_WEIGHTS_MD5, _md5  # postprocessing imports this module
+    from .postprocessing import is_shipped_weights  # postprocessing imports this module
 
-    if _md5(path) == SHIPPED_WEIGHTS_MD5:
+    if is_shipped_weights(path):
         logging.getLogger(__name__).warning(
             f"{path} holds the shipped LGG weights: this run's best model will replace them (in a clone, "
             "`git checkout models/model.pt` restores them); pass --ckpt_dir <folder> to keep them."

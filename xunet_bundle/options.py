@@ -191,14 +191,6 @@ def unknown_override(argv: Sequence[str]) -> tuple[str, str] | None:
     return None
 
 
-def _accepts(rule, value: object) -> bool:
-    """Whether an option's rule accepts ``value`` (a rule that fails on it does not)."""
-    try:
-        return bool(rule(value))
-    except Exception:
-        return False
-
-
 def ignored_none_override(argv: Sequence[str]) -> tuple[str, str] | None:
     """
     The first ``--name None`` (or ``--name=None``) of a ``monai.bundle run`` command line: ``monai.bundle`` drops an
@@ -219,7 +211,7 @@ def ignored_none_override(argv: Sequence[str]) -> tuple[str, str] | None:
             value = argv[index + 1] if index + 1 < len(argv) else ""
         if value.strip() == "None" and name not in RUN_ARGUMENTS:
             problem = "a plain None is dropped by monai.bundle, so the default would run instead"
-            if name in OPTION_RULES and not _accepts(OPTION_RULES[name][0], None):
+            if name in OPTION_RULES and not OPTION_RULES[name][0](None):
                 return f"--{name}", f"{problem}; this option takes {OPTION_RULES[name][1]}"
             return f"--{name}", f"{problem}; write '$None' to set None"
     return None

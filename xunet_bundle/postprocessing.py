@@ -23,6 +23,7 @@ __all__ = [
     "SHIPPED_WEIGHTS_POSTPROCESSING",
     "ForegroundThreshold",
     "ForegroundThresholdd",
+    "is_shipped_weights",
     "postprocessing_for",
 ]
 
@@ -58,6 +59,11 @@ def _md5(path: str | os.PathLike) -> str | None:
         return None
 
 
+def is_shipped_weights(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file holding the shipped LGG weights (by md5)."""
+    return _md5(path) == SHIPPED_WEIGHTS_MD5
+
+
 def postprocessing_for(checkpoints: str | os.PathLike | Sequence[str | os.PathLike]) -> dict:
     """
     The post-processing settings for a model: :data:`SHIPPED_WEIGHTS_POSTPROCESSING` when every checkpoint is the
@@ -68,7 +74,7 @@ def postprocessing_for(checkpoints: str | os.PathLike | Sequence[str | os.PathLi
         checkpoints: the model file, or the files of an ensemble's members.
     """
     paths = [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
-    if paths and all(_md5(path) == SHIPPED_WEIGHTS_MD5 for path in paths):
+    if paths and all(is_shipped_weights(path) for path in paths):
         settings, which = SHIPPED_WEIGHTS_POSTPROCESSING, "the shipped LGG weights' own post-processing"
     else:
         settings, which = PLAIN_POSTPROCESSING, "the network's plain output (argmax, no mirroring)"

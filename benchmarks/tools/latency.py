@@ -36,6 +36,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from record_run import current_commit  # noqa: E402
 
 from xunet_bundle import CrossBasicUNet  # noqa: E402
 from xunet_bundle.runtime import cpu_supports_bf16  # noqa: E402
@@ -88,13 +91,6 @@ def run_inference(image: Path, overrides: list[str], work: Path) -> tuple[float,
         raise RuntimeError(f"inference failed: {(result.stdout + result.stderr)[-3000:]}")
     hours, minutes, secs = match.groups()
     return seconds, int(hours) * 3600 + int(minutes) * 60 + float(secs)
-
-
-def git_commit() -> str:
-    """The checkout's commit, with ``+changes`` when tracked files differ from it."""
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
-    return commit + ("+changes" if dirty else "")
 
 
 def import_seconds(repeats: int) -> tuple[float, float]:
@@ -196,7 +192,7 @@ def main(
     record = {
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git_commit": git_commit(),
+        "git_commit": current_commit(),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
